@@ -1,0 +1,46 @@
+"""fastloss: fused softmax cross-entropy and friends, forward and backward in one pass.
+
+Every loss takes raw logits (classes on the last axis) and has a forward form and a fused
+``*_with_grad`` form returning ``(loss, grad)``.  See ``fastloss.reference`` for the math and
+``fastloss.backends()`` for where it can run.
+"""
+
+from ._api import (
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_with_grad,
+    cross_entropy,
+    cross_entropy_with_grad,
+    entropy,
+    entropy_with_grad,
+    kl_divergence,
+    kl_divergence_with_grad,
+    log_softmax,
+    logsumexp,
+    mse_loss,
+    mse_loss_with_grad,
+    softmax,
+    softmax_mse,
+    softmax_mse_with_grad,
+)
+from ._backends import backends
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_with_grad",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "entropy",
+    "entropy_with_grad",
+    "kl_divergence",
+    "kl_divergence_with_grad",
+    "log_softmax",
+    "logsumexp",
+    "mse_loss",
+    "mse_loss_with_grad",
+    "softmax",
+    "softmax_mse",
+    "softmax_mse_with_grad",
+]

@@ -1,0 +1,91 @@
+"""The registry of backends: which exist, which are available here and why not, and "auto".
+
+A backend is a module implementing the row-kernel protocol of :mod:`fastloss._numpy_kernels`
+(the NumPy reference behind that same protocol).  Backends are imported lazily, on first use,
+so ``import fastloss`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+ENV_VAR = "FASTLOSS_BACKEND"
+
+# name -> module implementing the kernel protocol
+_MODULES = {
+    "numpy": "fastloss._numpy_kernels",
+    "numba": "fastloss._ext.numba_cpu",
+    "cython": "fastloss._ext._cython_backend",
+    "cuda": "fastloss._ext.numba_cuda",
+}
+NAMES = tuple(_MODULES)
+
+# "auto" on the CPU: the fastest available first (see `python -m fastloss bench`).
+CPU_PREFERENCE = ("cython", "numba", "numpy")
+
+_cache: dict[str, tuple[ModuleType | None, str]] = {}
+
+
+def _load(name: str) -> tuple[ModuleType | None, str]:
+    if name not in _cache:
+        try:
+            module = importlib.import_module(_MODULES[name])
+        except ImportError as exc:
+            _cache[name] = (None, f"cannot be imported: {exc}")
+        else:
+            reason = getattr(module, "unavailable_reason", lambda: None)()
+            _cache[name] = (None, reason) if reason else (module, "available")
+    return _cache[name]
+
+
+def backends() -> dict[str, str]:
+    """Every backend and ``"available"`` or the reason it is not.
+
+    Examples
+    --------
+    >>> import fastloss
+    >>> fastloss.backends()["numpy"]
+    'available'
+    """
+    return {name: _load(name)[1] for name in NAMES}
+
+
+def available(name: str) -> bool:
+    return _load(name)[0] is not None
+
+
+def _check_name(name, source: str) -> str:
+    if not isinstance(name, str) or (name not in NAMES and name != "auto"):
+        raise ValueError(
+            f"{source} must be 'auto' or one of {', '.join(map(repr, NAMES))}; got {name!r}"
+        )
+    return name
+
+
+def resolve(backend, *, device: bool = False) -> tuple[str, ModuleType]:
+    """The name and module of the backend a call runs on.
+
+    ``backend="auto"`` takes ``$FASTLOSS_BACKEND`` when it is set, else ``"cuda"`` for GPU
+    arrays and the fastest available CPU backend otherwise.
+    """
+    name = _check_name(backend, "backend")
+    if name == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env:
+            name = _check_name(env, f"${ENV_VAR}")
+    if name == "auto":
+        if device:
+            name = "cuda"
+        else:
+            name = next(n for n in CPU_PREFERENCE if available(n))
+    module, reason = _load(name)
+    if module is None:
+        raise ValueError(f"backend {name!r} is not available: {reason}")
+    if device and not getattr(module, "ACCEPTS_DEVICE_ARRAYS", False):
+        raise TypeError(
+            f"logits is a GPU array, which backend {name!r} cannot read; "
+            "use backend='cuda' or copy the array to the host"
+        )
+    return name, module

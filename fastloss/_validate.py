@@ -1,0 +1,256 @@
+"""Every argument check and normalisation of the public API, in one place.
+
+The checks run once, before any kernel, and never modify their inputs.  Each error names the
+argument, the offending value and, where it has one, its position.  Kernels trust what comes
+out of here and check nothing.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _describe(value) -> str:
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        return f"an array of dtype {dtype}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        return value
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # e.g. ragged lists
+        raise TypeError(f"{name} must be array-like, got {type(value).__name__}: {exc}") from None
+    if arr.dtype.kind in "OVSUMm":
+        raise TypeError(f"{name} must be a numeric array, got {_describe(arr)}")
+    return arr
+
+
+def is_device_array(value) -> bool:
+    """True for GPU arrays (anything with ``__cuda_array_interface__``)."""
+    return hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray)
+
+
+def floating(value, name: str, *, min_ndim: int = 0):
+    """A float16/32/64 array; integer, bool, complex or object arrays are a TypeError."""
+    arr = _as_array(value, name)
+    dtype = np.dtype(arr.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating array (float16, float32 or float64), got {_describe(arr)}"
+        )
+    if len(arr.shape) < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s) with classes on the last axis, "
+            f"got shape {tuple(arr.shape)}"
+        )
+    if min_ndim and arr.shape[-1] == 0:
+        raise ValueError(f"{name} must have at least one class, got shape {tuple(arr.shape)}")
+    return arr
+
+
+def real(value, name: str) -> np.ndarray:
+    """A real (bool, integer or floating) array."""
+    arr = _as_array(value, name)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got {_describe(arr)}")
+    return arr
+
+
+def reduction(value, allowed=REDUCTIONS) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def label_smoothing(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"label_smoothing must be a real number, got {_describe(value)}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {value!r}")
+    return value
+
+
+def integer(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {_describe(value)}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {_describe(value)}") from None
+
+
+def n_threads(value) -> int | None:
+    if value is None:
+        return None
+    value = integer(value, "n_threads")
+    if value < 1:
+        raise ValueError(f"n_threads must be a positive integer or None, got {value}")
+    return value
+
+
+def boolean(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+    return bool(value)
+
+
+def _position(flat_index: int, shape: tuple) -> str:
+    if len(shape) <= 1:
+        return str(flat_index)
+    return str(tuple(int(i) for i in np.unravel_index(flat_index, shape)))
+
+
+def is_probability_target(target, logits) -> bool:
+    """Soft (probability) targets are floating arrays of the logits' shape."""
+    arr = _as_array(target, "target")
+    return arr.dtype.kind == "f" and tuple(arr.shape) == tuple(logits.shape)
+
+
+def class_target(target, logits, ignore_index: int | None) -> np.ndarray:
+    """Integer class indices of shape ``logits.shape[:-1]``, returned flat as int64.
+
+    Every index must be in ``[0, C)`` or equal ``ignore_index``.
+    """
+    arr = _as_array(target, "target")
+    batch_shape = tuple(logits.shape[:-1])
+    n_classes = logits.shape[-1]
+    if arr.dtype.kind == "f":
+        if tuple(arr.shape) == batch_shape:
+            raise TypeError(
+                f"target holds class indices of shape {batch_shape} and must be an integer "
+                f"array, got {_describe(arr)}; probabilities must have the logits' shape "
+                f"{tuple(logits.shape)}"
+            )
+        raise ValueError(
+            f"target of shape {tuple(arr.shape)} matches neither class indices "
+            f"{batch_shape} nor probabilities {tuple(logits.shape)} for logits of shape "
+            f"{tuple(logits.shape)}"
+        )
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got {_describe(arr)}")
+    if tuple(arr.shape) != batch_shape:
+        raise ValueError(
+            f"target of shape {tuple(arr.shape)} does not match the batch shape {batch_shape} "
+            f"of logits of shape {tuple(logits.shape)}"
+        )
+    flat = np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and flat.size:
+        flat = np.where(arr.reshape(-1) > np.iinfo(np.int64).max, -1, flat)
+    bad = (flat < 0) | (flat >= n_classes)
+    if ignore_index is not None:
+        bad &= flat != ignore_index
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        value = arr.reshape(-1)[first]
+        raise IndexError(
+            f"target {value} at position {_position(first, batch_shape)} is out of range for "
+            f"{n_classes} classes (valid: 0 to {n_classes - 1}"
+            + (f", or ignore_index={ignore_index})" if ignore_index is not None else ")")
+        )
+    return flat
+
+
+def same_shape(value, logits, name: str, logits_name: str = "logits") -> np.ndarray:
+    """A real array of exactly the logits' shape (no broadcasting)."""
+    arr = real(value, name)
+    if tuple(arr.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"{name} of shape {tuple(arr.shape)} must have the shape of {logits_name} "
+            f"{tuple(logits.shape)}"
+        )
+    return arr
+
+
+def class_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray | None:
+    """``None`` or a float64 vector of shape ``(C,)``."""
+    if weight is None:
+        return None
+    arr = real(weight, name)
+    if tuple(arr.shape) != (n_classes,):
+        raise ValueError(f"{name} must have shape ({n_classes},), got {tuple(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def broadcast_weight(weight, logits, name: str) -> np.ndarray | None:
+    """``None``, or a float64 array that broadcasts to the logits' shape (as PyTorch allows)."""
+    if weight is None:
+        return None
+    arr = real(weight, name)
+    try:
+        shape = np.broadcast_shapes(arr.shape, logits.shape)
+    except ValueError:
+        shape = None
+    if shape != tuple(logits.shape):
+        raise ValueError(
+            f"{name} of shape {tuple(arr.shape)} does not broadcast to the logits' shape "
+            f"{tuple(logits.shape)}"
+        )
+    return np.asarray(arr, dtype=np.float64)
+
+
+def class_vector(value, n_classes: int, name: str) -> np.ndarray | None:
+    """``None`` or one value per class (last axis), as float64 of shape ``(C,)``."""
+    if value is None:
+        return None
+    arr = real(value, name)
+    if arr.size not in (1, n_classes) or any(s != 1 for s in arr.shape[:-1]):
+        raise ValueError(
+            f"{name} must have shape ({n_classes},), one value per class, "
+            f"got {tuple(arr.shape)}"
+        )
+    return np.ascontiguousarray(np.broadcast_to(arr.reshape(-1), (n_classes,)), dtype=np.float64)
+
+
+def grad_output(value, reduction_: str, loss_shape: tuple) -> np.ndarray:
+    """The upstream gradient as float64: a scalar for mean/sum, the loss's shape for none."""
+    if value is None:
+        return np.ones(loss_shape if reduction_ == "none" else ())
+    arr = real(value, "grad_output")
+    expected = tuple(loss_shape) if reduction_ == "none" else ()
+    if tuple(arr.shape) != expected:
+        what = "the loss's shape" if reduction_ == "none" else "a scalar"
+        raise ValueError(
+            f"grad_output for reduction={reduction_!r} must be {what} {expected}, "
+            f"got shape {tuple(arr.shape)}"
+        )
+    return np.asarray(arr, dtype=np.float64)
+
+
+def out_array(out, logits) -> np.ndarray | None:
+    """``None`` or a writeable, C-contiguous array of the logits' shape and dtype."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    problems = []
+    if out.shape != logits.shape:
+        problems.append(f"shape {out.shape} (expected {logits.shape})")
+    if out.dtype != logits.dtype:
+        problems.append(f"dtype {out.dtype} (expected {logits.dtype})")
+    if not out.flags.c_contiguous:
+        problems.append("a non C-contiguous layout")
+    if not out.flags.writeable:
+        problems.append("a read-only buffer")
+    if problems:
+        raise ValueError("out has " + ", ".join(problems))
+    if np.may_share_memory(out, logits) and not _same_buffer(out, logits):
+        raise ValueError("out overlaps logits without being the same array; pass out=logits")
+    return out
+
+
+def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.strides == b.strides
+    )

@@ -1,0 +1,54 @@
+"""Shared fixtures: the backends under test and the tolerances of DESIGN.md section 2."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastloss
+from fastloss._backends import NAMES
+
+# Every backend that is available here; FASTLOSS_TEST_BACKENDS=numba,cython narrows the run.
+_selected = os.environ.get("FASTLOSS_TEST_BACKENDS")
+AVAILABLE = [name for name, state in fastloss.backends().items() if state == "available"]
+BACKENDS = [b for b in AVAILABLE if not _selected or b in _selected.split(",")]
+ACCELERATED = [b for b in BACKENDS if b != "numpy"]
+
+TOLERANCES = {  # dtype -> (rtol, atol) against the float64 reference on the same inputs
+    np.dtype(np.float64): (1e-12, 1e-12),
+    np.dtype(np.float32): (1e-5, 1e-6),
+    np.dtype(np.float16): (2e-3, 2e-3),
+}
+
+
+def assert_close(actual, expected, dtype, *, scale=1.0, err_msg=""):
+    """Compare in float64 with the tolerance of ``dtype``; NaN and inf must match exactly."""
+    rtol, atol = TOLERANCES[np.dtype(dtype)]
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64),
+                               np.asarray(expected, dtype=np.float64),
+                               rtol=rtol, atol=atol * scale, err_msg=err_msg)
+
+
+def pytest_report_header(config):
+    return [f"fastloss backends: {fastloss.backends()}", f"testing on: {BACKENDS}"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=ACCELERATED or [pytest.param(None, marks=pytest.mark.skip(
+    reason="no accelerated backend is available here"))])
+def fast_backend(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261121)
+
+
+__all__ = ["AVAILABLE", "BACKENDS", "ACCELERATED", "NAMES", "assert_close"]

@@ -1,0 +1,151 @@
+"""Every loss on every backend against the float64 reference, in every layout and dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import fastloss as fl
+from fastloss._registry import CASES, reference_rows
+from helpers import reduce_rows
+
+SHAPES = [(5, 7), (3, 4, 33), (2, 1), (1, 300)]
+
+
+def _denominator(case, logits, args, kwargs, reduction):
+    if case.elementwise or reduction == "sum":
+        return logits.size
+    if case.loss == "kl_divergence":
+        return logits.size if reduction == "mean" else logits.shape[0]
+    n_rows = logits.size // logits.shape[-1]
+    target = np.asarray(args[0]) if args else None
+    if case.loss == "cross_entropy" and target is not None and target.shape != logits.shape:
+        counted = target != kwargs.get("ignore_index", -100)
+        w = kwargs.get("weight")
+        return w[target[counted]].sum() if w is not None else counted.sum()
+    return n_rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_backend_matches_reference(case, dtype, backend):
+    rng = np.random.default_rng(5)
+    for shape in SHAPES:
+        logits, args, kwargs = case.inputs(rng, shape, dtype)
+        rows, grad_rows = reference_rows(case, logits, args, kwargs)
+        for reduction in case.reductions:
+            denominator = _denominator(case, logits, args, kwargs, reduction)
+            loss_shape = rows.shape
+            go = rng.uniform(0.5, 2.0, size=loss_shape if reduction == "none" else ())
+            loss, grad = case.with_grad(logits, *args, **kwargs, reduction=reduction,
+                                        grad_output=go, backend=backend)
+            forward = case.forward(logits, *args, **kwargs, reduction=reduction,
+                                   backend=backend)
+            expected = reduce_rows(rows, reduction, denominator)
+            scale = go if reduction == "none" else go / (denominator if reduction in (
+                "mean", "batchmean") else 1)
+            if not case.elementwise and np.ndim(scale):
+                scale = scale[..., None]
+            msg = f"{case.id} {shape} {reduction}"
+            assert loss.dtype == dtype and grad.dtype == dtype and grad.shape == shape, msg
+            assert_close(loss, expected, dtype, err_msg=msg)
+            assert_close(forward, expected, dtype, err_msg=msg)
+            assert_close(grad, scale * grad_rows, dtype, err_msg=msg)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_float16_is_computed_in_float32(case, backend):
+    logits, args, kwargs = case.inputs(np.random.default_rng(6), (6, 9), np.float16)
+    loss, grad = case.with_grad(logits, *args, **kwargs, reduction="sum", backend=backend)
+    assert loss.dtype == np.float16 and grad.dtype == np.float16
+    args32 = tuple(a.astype(np.float32) if a.dtype == np.float16 else a for a in args)
+    loss32, grad32 = case.with_grad(logits.astype(np.float32), *args32, **kwargs,
+                                    reduction="sum", backend=backend)
+    assert loss == loss32.astype(np.float16)
+    np.testing.assert_array_equal(grad, grad32.astype(np.float16))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_layouts_give_the_same_results(case, backend, tmp_path):
+    """Non-contiguous, Fortran-ordered and read-only memory-mapped logits are valid input."""
+    logits, args, kwargs = case.inputs(np.random.default_rng(7), (6, 10), np.float32)
+    expected = case.with_grad(logits, *args, **kwargs, reduction="none", backend=backend)
+    wide = np.zeros((6, 20), np.float32)
+    wide[:, ::2] = logits
+    path = tmp_path / "logits.bin"
+    logits.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=logits.shape)
+    for variant in (wide[:, ::2], np.asfortranarray(logits), mapped):
+        loss, grad = case.with_grad(variant, *args, **kwargs, reduction="none", backend=backend)
+        np.testing.assert_array_equal(loss, expected[0])
+        np.testing.assert_array_equal(grad, expected[1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_out_receives_the_gradient(case, dtype, backend):
+    logits, args, kwargs = case.inputs(np.random.default_rng(8), (4, 3, 11), dtype)
+    expected_loss, expected_grad = case.with_grad(logits, *args, **kwargs, backend=backend)
+    out = np.full_like(logits, 7.0)
+    loss, grad = case.with_grad(logits, *args, **kwargs, out=out, backend=backend)
+    assert grad is out
+    np.testing.assert_array_equal(out, expected_grad)
+    in_place = logits.copy()
+    loss, grad = case.with_grad(in_place, *args, **kwargs, out=in_place, backend=backend)
+    assert grad is in_place and np.shares_memory(grad, in_place)
+    # Overlapping input and output take LLVM's scalar (non-vectorised) loop, which may round
+    # the last bit differently; equal within the dtype's tolerance, not bit for bit.
+    compute = np.float32 if dtype == np.float16 else dtype
+    assert_close(loss, expected_loss, compute)
+    assert_close(in_place, expected_grad, compute)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_inputs_are_not_modified(case, backend):
+    logits, args, kwargs = case.inputs(np.random.default_rng(9), (5, 8), np.float32)
+    before = [logits.copy(), *[a.copy() for a in args]]
+    case.with_grad(logits, *args, **kwargs, backend=backend)
+    for a, b in zip([logits, *args], before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("target_dtype", [np.int8, np.uint8, np.int16, np.int32, np.uint32,
+                                          np.int64, np.uint64])
+def test_any_integer_target_dtype(target_dtype, backend):
+    x = np.random.default_rng(10).standard_normal((6, 5))
+    y = np.array([0, 1, 2, 3, 4, 0])
+    expected = fl.cross_entropy_with_grad(x, y, backend="numpy")
+    result = fl.cross_entropy_with_grad(x, y.astype(target_dtype), backend=backend)
+    assert_close(result[0], expected[0], np.float64)
+    assert_close(result[1], expected[1], np.float64)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_deterministic_across_threads_and_runs(case, fast_backend):
+    logits, args, kwargs = case.inputs(np.random.default_rng(11), (257, 1031), np.float32)
+    runs = [case.with_grad(logits, *args, **kwargs, backend=fast_backend, n_threads=n)
+            for n in (1, 2, 2, None)]
+    for loss, grad in runs[1:]:
+        assert loss.tobytes() == runs[0][0].tobytes()
+        assert grad.tobytes() == runs[0][1].tobytes()
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transforms_match_reference(name, dtype, backend):
+    x = (np.random.default_rng(12).standard_normal((3, 5, 40)) * 5).astype(dtype)
+    result = getattr(fl, name)(x, backend=backend)
+    assert result.dtype == dtype
+    assert_close(result, getattr(fl, name)(x.astype(np.float64), backend="numpy"), dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_classes", [32768, 262144])
+@pytest.mark.parametrize("case", [c for c in CASES if not c.elementwise], ids=lambda c: c.id)
+def test_large_vocabularies_in_float32(case, n_classes, backend):
+    logits, args, kwargs = case.inputs(np.random.default_rng(13), (3, n_classes), np.float32)
+    rows, grad_rows = reference_rows(case, logits, args, kwargs)
+    loss, grad = case.with_grad(logits, *args, **kwargs, reduction="none", backend=backend)
+    assert_close(loss, rows, np.float32)
+    assert_close(grad, grad_rows, np.float32)

@@ -1,0 +1,133 @@
+"""The edge cases of the numerics contract (DESIGN.md section 2), on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+from fastloss._registry import CASES
+
+INF = np.inf
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_empty_batch(case, backend):
+    logits, args, kwargs = case.inputs(np.random.default_rng(0), (0, 5))
+    reductions = dict(zip(case.reductions, case.reductions))
+    for reduction in reductions:
+        loss, grad = case.with_grad(logits, *args, **kwargs, reduction=reduction, backend=backend)
+        assert grad.shape == (0, 5)
+        if reduction == "none":
+            assert loss.shape == ((0, 5) if case.elementwise else (0,))
+        elif reduction == "sum":
+            assert loss == 0.0
+        else:
+            assert np.isnan(loss)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_ignored_mean_is_nan_with_zero_gradient(backend, dtype):
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(dtype)
+    loss, grad = fl.cross_entropy_with_grad(x, np.full(3, -100), backend=backend)
+    assert np.isnan(loss) and loss.dtype == dtype
+    assert np.all(grad == 0.0)
+    loss, grad = fl.cross_entropy_with_grad(x, np.full(3, -100), reduction="sum",
+                                            backend=backend)
+    assert loss == 0.0 and np.all(grad == 0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_minus_inf_masks(backend, dtype):
+    x = np.array([[0.5, -INF, 1.0, -INF], [-INF, 2.0, 0.0, 1.0]], dtype=dtype)
+    loss, grad = fl.cross_entropy_with_grad(x, np.array([2, 0]), reduction="none",
+                                            backend=backend)
+    # row 0: an impossible non-target class gets exactly 0 gradient
+    assert grad[0, 1] == 0.0 and grad[0, 3] == 0.0
+    assert np.isfinite(loss[0])
+    # row 1: an impossible target gives an infinite loss and a finite gradient
+    assert loss[1] == INF
+    assert np.all(np.isfinite(grad[1]))
+    p = np.exp(x[1, 1:] - x[1, 1:].max())
+    np.testing.assert_allclose(grad[1], [-1.0, *(p / p.sum())], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ignored_rows_are_exactly_zero_whatever_their_logits(backend, dtype):
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(dtype)
+    x[1] = np.nan
+    x[2] = -INF
+    target = np.array([0, -100, -100, 5])
+    loss, grad = fl.cross_entropy_with_grad(x, target, reduction="none", backend=backend)
+    assert np.all(loss[1:3] == 0.0) and np.all(grad[1:3] == 0.0)
+    assert np.all(np.isfinite(loss[[0, 3]])) and np.all(np.isfinite(grad[[0, 3]]))
+    mean, grad_mean = fl.cross_entropy_with_grad(x, target, backend=backend)
+    assert np.isfinite(mean) and np.all(grad_mean[1:3] == 0.0)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.elementwise], ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_poisoned_rows_are_nan_and_other_rows_untouched(case, backend, dtype):
+    rng = np.random.default_rng(3)
+    x, args, kwargs = case.inputs(rng, (5, 7), dtype)
+    x[1, 3] = np.nan
+    x[2, 0] = INF
+    x[3] = -INF
+    if "ignore" in case.variant:
+        args = (np.array([0, 1, 2, 3, 4]),)  # keep the poisoned rows counted
+    loss, grad = case.with_grad(x, *args, **kwargs, reduction="none", backend=backend)
+    assert np.all(np.isnan(loss[1:4])) and np.all(np.isnan(grad[1:4]))
+    clean_loss, clean_grad = case.with_grad(x[[0, 4]], *_rows(args, [0, 4]), **kwargs,
+                                            reduction="none", backend=backend)
+    np.testing.assert_array_equal(loss[[0, 4]], clean_loss)
+    np.testing.assert_array_equal(grad[[0, 4]], clean_grad)
+
+
+def _rows(args, rows):
+    return tuple(a[rows] for a in args)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huge_logits_stay_finite_and_correct(case, backend, dtype):
+    rng = np.random.default_rng(4)
+    x, args, kwargs = case.inputs(rng, (4, 6), dtype)
+    x = (np.sign(x) * 1e30).astype(dtype)
+    if case.loss == "mse_loss":
+        x = (x * 1e-20).astype(dtype)  # (1e30)^2 overflows any float; that is not a bug
+    loss, grad = case.with_grad(x, *args, **kwargs, reduction="none", backend=backend)
+    expected, expected_grad = case.with_grad(x.astype(np.float64), *args, **kwargs,
+                                             reduction="none", backend="numpy")
+    assert not np.any(np.isnan(loss)) and not np.any(np.isnan(grad))
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_at_plus_minus_1e30(backend, dtype):
+    x = np.array([[1e30, -1e30, 0.0], [1e30, -1e30, 0.0]], dtype=dtype)
+    loss, grad = fl.cross_entropy_with_grad(x, np.array([0, 2]), reduction="none",
+                                            backend=backend)
+    np.testing.assert_allclose(loss, [0.0, 1e30], rtol=1e-6)
+    np.testing.assert_array_equal(grad, [[0.0, 0.0, 0.0], [1.0, 0.0, -1.0]])
+
+
+def test_bce_extremes(backend):
+    x = np.array([-INF, -INF, INF, INF, -1e30, 1e30, -50.0, 50.0])
+    t = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    loss, grad = fl.binary_cross_entropy_with_logits_with_grad(x, t, reduction="none",
+                                                               backend=backend)
+    np.testing.assert_array_equal(loss[[0, 2, 4, 5]], 0.0)
+    assert loss[1] == INF and loss[3] == INF
+    np.testing.assert_allclose(loss[6:], np.exp(-50.0), rtol=1e-12)  # log1p keeps tiny values
+    np.testing.assert_array_equal(grad[:6], [0.0, -1.0, 0.0, 1.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("transform", ["softmax", "log_softmax", "logsumexp"])
+def test_transforms_on_masked_and_huge_rows(backend, transform):
+    x = np.array([[0.0, -INF, 1e30], [-INF, -INF, -INF], [1.0, 2.0, 3.0]])
+    result = getattr(fl, transform)(x, backend=backend)
+    expected = getattr(fl, transform)(x, backend="numpy")
+    np.testing.assert_allclose(result, expected, rtol=1e-12)
