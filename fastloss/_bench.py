@@ -1,0 +1,370 @@
+"""``python -m fastloss bench``: every backend against NumPy, PyTorch, JAX and the bandwidth limit.
+
+Each workload (loss, forward or fused forward+backward, shape, dtype) is timed for every
+available backend, the NumPy reference, the peers that are installed, and the physical limit:
+a parallel copy of the logits (fused: the same bytes read and written) or a parallel read
+(forward).  Timings are the best of several runs after one warm-up call, whose time (the JIT
+compile, for Numba) is reported on its own.  Every result is checked against the reference.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import _backends
+from ._registry import CASES_BY_ID
+
+DEFAULT_SHAPES = [(65536, 10), (8192, 1000), (2048, 32768), (512, 128256)]
+QUICK_SHAPES = [(512, 10), (64, 1000)]
+DEFAULT_LOSSES = ["cross_entropy[index]"]
+ALL_LOSSES = ["cross_entropy[index]", "binary_cross_entropy_with_logits[plain]",
+              "softmax_mse[index]", "kl_divergence[probs]", "entropy[plain]", "mse_loss[plain]"]
+TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12)}
+
+
+@dataclass
+class Result:
+    loss: str
+    mode: str  # "forward" or "fused"
+    shape: tuple
+    dtype: str
+    impl: str  # backend name, "torch", "jax", or "limit"
+    seconds: float  # best of `runs`
+    runs: int
+    warmup_seconds: float
+    bytes_moved: int
+    check: str  # "ok", "WRONG (...)", "reference", or "-"
+    ratio_limit: float = float("nan")  # time / physical limit
+    speedup_numpy: float = float("nan")  # numpy time / time
+    speedup_peer: float = float("nan")  # best peer time / time
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes_moved / self.seconds / 1e9
+
+
+def _timeit(fn, budget: float, min_runs: int = 3, max_runs: int = 50):
+    """(best seconds, runs, warm-up seconds, last result)."""
+    t0 = time.perf_counter()
+    result = fn()
+    warmup = time.perf_counter() - t0
+    best, runs, spent = float("inf"), 0, 0.0
+    if warmup > budget:  # the slow reference: a second run is enough
+        min_runs = 1
+    while runs < max_runs and (runs < min_runs or spent < budget):
+        t0 = time.perf_counter()
+        result = fn()
+        elapsed = time.perf_counter() - t0
+        best, runs, spent = min(best, elapsed), runs + 1, spent + elapsed
+    return best, runs, warmup, result
+
+
+def _agrees(result, reference, dtype: str) -> str:
+    rtol, atol = TOLERANCE[dtype]
+    worst = 0.0
+    for got, want in zip(result, reference):
+        got = np.asarray(got, dtype=np.float64)
+        want = np.asarray(want, dtype=np.float64)
+        finite = np.isfinite(want)
+        if not np.array_equal(np.isfinite(got), finite):
+            return "WRONG (non-finite values differ)"
+        err = np.abs(got[finite] - want[finite]) - rtol * np.abs(want[finite])
+        worst = max(worst, float(err.max(initial=0.0)))
+    # the grad of "mean" is divided by N: scale the absolute tolerance the same way
+    return "ok" if worst <= atol else f"WRONG (error {worst:.2g})"
+
+
+# ------------------------------------------------------------------------------------ peers
+
+def _torch_peer(case, logits, args, mode, threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    F = torch.nn.functional
+    x = torch.from_numpy(logits)
+    targets = [torch.from_numpy(np.asarray(a)) for a in args]
+    fns = {
+        "cross_entropy": lambda x, t: F.cross_entropy(x, t),
+        "binary_cross_entropy_with_logits": lambda x, t: F.binary_cross_entropy_with_logits(x, t),
+        "mse_loss": lambda x, t: F.mse_loss(x, t),
+        "kl_divergence": lambda x, t: F.kl_div(torch.log_softmax(x, -1), t,
+                                               reduction="batchmean"),
+    }
+    if case.loss not in fns:
+        return None
+    loss_fn = fns[case.loss]
+    if mode == "forward":
+        def run():
+            with torch.no_grad():
+                return (loss_fn(x, *targets).numpy(),)
+        return run
+
+    leaf = x.clone().requires_grad_()
+
+    def run_fused():
+        leaf.grad = None
+        loss = loss_fn(leaf, *targets)
+        loss.backward()
+        return loss.detach().numpy(), leaf.grad.numpy()
+    return run_fused
+
+
+def _jax_peer(case, logits, args, mode, threads):
+    if case.loss != "cross_entropy":
+        return None
+    try:
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError:
+        return None
+    jax.config.update("jax_enable_x64", logits.dtype == np.float64)
+    x = jnp.asarray(logits)
+    y = jnp.asarray(args[0])
+
+    def loss_fn(x):
+        return optax.softmax_cross_entropy_with_integer_labels(x, y).mean()
+
+    if mode == "forward":
+        f = jax.jit(loss_fn)
+        return lambda: (np.asarray(f(x).block_until_ready()),)
+    g = jax.jit(jax.value_and_grad(loss_fn))
+
+    def run():
+        loss, grad = g(x)
+        return np.asarray(loss.block_until_ready()), np.asarray(grad)
+    return run
+
+
+# ------------------------------------------------------------------------------------ main
+
+def _limits():
+    """Parallel copy / read of the logits, from Numba when it is here, else NumPy."""
+    if _backends.available("numba"):
+        from ._ext import numba_cpu
+
+        return numba_cpu.parallel_copy, numba_cpu.parallel_read, "parallel"
+    return (lambda s, d: np.copyto(d, s)), (lambda s, o: np.sum(s, axis=1, out=o)), "1-thread"
+
+
+def _workloads(options):
+    if options.quick:
+        shapes = QUICK_SHAPES
+    elif options.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in options.shapes.split(",")]
+    else:
+        shapes = DEFAULT_SHAPES
+    dtypes = ["float32", "float64"] if options.dtype == "both" else [options.dtype]
+    losses = ALL_LOSSES if options.all else DEFAULT_LOSSES
+    return [(CASES_BY_ID[loss], mode, shape, dtype) for loss in losses
+            for shape in shapes for dtype in dtypes for mode in ("forward", "fused")]
+
+
+def _backends_to_run(options):
+    names = [n for n, s in _backends.backends().items() if s == "available" and n != "cuda"]
+    if options.backends:
+        wanted = [b.strip() for b in options.backends.split(",")]
+        for name in wanted:
+            if name not in _backends.NAMES:
+                raise SystemExit(f"unknown backend {name!r}; known: {', '.join(_backends.NAMES)}")
+        names = [n for n in names if n in wanted]
+    if "numpy" not in names:
+        names.insert(0, "numpy")  # the reference is always timed: it checks the others
+    return names
+
+
+def run(options, progress=None) -> list[Result]:
+    copy_fn, read_fn, _ = _limits()
+    budget = 0.05 if options.quick else 0.4
+    impls = _backends_to_run(options)
+    peers = [] if options.no_peers else [("torch", _torch_peer), ("jax", _jax_peer)]
+    results = []
+    workloads = _workloads(options)
+    for case, mode, shape, dtype in workloads:
+        rng = np.random.default_rng(0)
+        logits, args, kwargs = case.inputs(rng, shape, np.dtype(dtype))
+        nbytes = logits.nbytes * (2 if mode == "fused" else 1)
+        label = f"{case.loss} {mode} {shape[0]}x{shape[1]} {dtype}"
+        group = []
+        buffer = np.empty_like(logits)
+        if mode == "fused":
+            t, n, w, _ = _timeit(lambda: copy_fn(logits, buffer), budget)
+        else:
+            rows = np.empty(shape[0])
+            t, n, w, _ = _timeit(lambda: read_fn(logits, rows), budget)
+        group.append(Result(case.loss, mode, shape, dtype, "limit", t, n, w, nbytes, "-"))
+        reference = None
+        for impl in impls:
+            if progress:
+                progress(f"{label}: {impl}")
+            if mode == "fused":
+                def fn(impl=impl):
+                    return case.with_grad(logits, *args, **kwargs, backend=impl, out=buffer,
+                                          n_threads=options.threads)
+            else:
+                def fn(impl=impl):
+                    return (case.forward(logits, *args, **kwargs, backend=impl,
+                                         n_threads=options.threads),)
+            t, n, w, out = _timeit(fn, budget)
+            out = tuple(np.array(o, copy=True) for o in out)
+            if impl == "numpy":
+                reference, check = out, "reference"
+            else:
+                check = _agrees(out, reference, dtype)
+            group.append(Result(case.loss, mode, shape, dtype, impl, t, n, w, nbytes, check))
+        for name, make in peers:
+            fn = make(case, logits, args, mode, options.threads)
+            if fn is None:
+                continue
+            if progress:
+                progress(f"{label}: {name}")
+            t, n, w, out = _timeit(fn, budget)
+            check = _agrees(out, reference, dtype)
+            group.append(Result(case.loss, mode, shape, dtype, name, t, n, w, nbytes, check))
+        limit = group[0].seconds
+        numpy_t = next(r.seconds for r in group if r.impl == "numpy")
+        peer_ts = [r.seconds for r in group if r.impl in ("torch", "jax")]
+        for r in group:
+            r.ratio_limit = r.seconds / limit
+            r.speedup_numpy = numpy_t / r.seconds
+            if peer_ts:
+                r.speedup_peer = min(peer_ts) / r.seconds
+        results.extend(group)
+        del buffer, reference
+    return results
+
+
+def machine_info(options) -> dict:
+    from .cli import cpu_description, thread_count
+
+    info = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": "python -m fastloss " + " ".join(sys.argv[1:]),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "cpu": cpu_description(), "threads": options.threads or thread_count(),
+            "backends": _backends.backends()}
+    for module in ("numba", "torch", "jax"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
+    return info
+
+
+def _fmt(value, spec) -> str:
+    return "-" if value != value else format(value, spec)
+
+
+def render(results, info, console=None):
+    headers = ["loss", "mode", "shape", "dtype", "impl", "ms", "warm-up s", "x limit",
+               "vs numpy", "vs peer", "GB/s", "check"]
+    rows = []
+    for r in results:
+        impl = {"limit": "copy" if r.mode == "fused" else "read"}.get(r.impl, r.impl)
+        rows.append([r.loss, r.mode, f"{r.shape[0]}x{r.shape[1]}", r.dtype, impl,
+                     f"{r.seconds * 1e3:.2f}", f"{r.warmup_seconds:.2f}",
+                     _fmt(r.ratio_limit, ".2f"), _fmt(r.speedup_numpy, ".1f") + "x",
+                     _fmt(r.speedup_peer, ".1f") + ("x" if r.speedup_peer == r.speedup_peer
+                                                    else ""),
+                     f"{r.gbps:.1f}", r.check])
+    title = (f"fastloss {info['date']} - {info['cpu']['model']}, {info['threads']} threads; "
+             "x limit = time / parallel copy (fused) or read (forward) of the logits; "
+             "vs numpy/peer = their time / this time; fused calls write into out=")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+        print(title)
+        for row in [headers, *rows]:
+            print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+        return
+    table = Table(title=title, title_justify="left")
+    for h in headers:
+        table.add_column(h, justify="left" if h in ("loss", "mode", "impl", "check") else "right")
+    previous = None
+    for r, row in zip(results, rows):
+        key = (r.loss, r.mode, r.shape, r.dtype)
+        if previous is not None and key != previous:
+            table.add_section()
+        previous = key
+        style = "bold red" if row[-1].startswith("WRONG") else (
+            "dim" if r.impl == "limit" else None)
+        table.add_row(*row, style=style)
+    (console or Console(width=200)).print(table)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = []
+    for r in results:
+        key = f"{r.loss}\n{r.mode} {r.shape[0]}x{r.shape[1]} {r.dtype}"
+        if key not in groups:
+            groups.append(key)
+    impls = [i for i in dict.fromkeys(r.impl for r in results) if i != "limit"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.5))
+    width = 0.8 / max(1, len(impls))
+    for j, impl in enumerate(impls):
+        xs, ys = [], []
+        for i, key in enumerate(groups):
+            for r in results:
+                k = f"{r.loss}\n{r.mode} {r.shape[0]}x{r.shape[1]} {r.dtype}"
+                if k == key and r.impl == impl:
+                    xs.append(i + j * width)
+                    ys.append(r.ratio_limit)
+        ax.bar(xs, ys, width, label=impl)
+    ax.axhline(1.0, color="black", lw=1, ls="--", label="parallel copy / read")
+    ax.set_yscale("log")
+    ax.set_ylabel("time / memory-bandwidth limit (lower is better)")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    ax.set_xticklabels(groups, fontsize=7)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(options) -> int:
+    info = machine_info(options)
+    try:
+        from rich.progress import Progress
+    except ImportError:
+        results = run(options, progress=lambda text: print(text, file=sys.stderr))
+    else:
+        with Progress(transient=True) as bar:
+            total = len(_workloads(options))
+            task = bar.add_task("benchmarking", total=total * (1 + len(_backends_to_run(options))))
+
+            def progress(text):
+                bar.update(task, advance=1, description=text)
+
+            results = run(options, progress)
+    render(results, info)
+    if not any(r.impl not in ("numpy", "limit", "torch", "jax") for r in results):
+        print("no accelerated backend is available: only the NumPy reference was timed")
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump({"machine": info, "results": [
+                {**asdict(r), "gbps": r.gbps} for r in results]}, f, indent=2, default=str)
+        print(f"wrote {options.json}")
+    if options.plot:
+        plot(results, options.plot)
+        print(f"wrote {options.plot}")
+    wrong = [r for r in results if r.check.startswith("WRONG")]
+    if wrong:
+        print(f"{len(wrong)} result(s) disagree with the reference", file=sys.stderr)
+        return 1
+    return 0
