@@ -19,8 +19,20 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .numba_math import (BLOCK, JIT, exp_blocks, fill_row, like, online_sum_exp, poisoned,
-                         row_max, scale_blocks, scale_row, store_exp, sum_exp, vexp)
+from .numba_math import (
+    BLOCK,
+    INLINE,
+    JIT,
+    exp_blocks,
+    fill_row,
+    like,
+    online_sum_exp,
+    poisoned,
+    row_max,
+    scale_blocks,
+    sum_exp,
+    vexp,
+)
 
 ACCEPTS_DEVICE_ARRAYS = False
 PARALLEL = dict(JIT, parallel=True)
@@ -68,7 +80,7 @@ def _readable(a):
 
 # --------------------------------------------------------------------------------- cross-entropy
 
-@njit(**JIT)
+@njit(**INLINE)
 def _chunking(n_rows, n_cols):
     """Rows per chunk of the parallel loop: about 16k classes per chunk (each chunk allocates
     its block-max scratch once), and at least 16 chunks so two threads stay balanced."""
@@ -77,7 +89,7 @@ def _chunking(n_rows, n_cols):
     return rows, (n_rows + rows - 1) // rows
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _ce_index_row(row, y, weight, w_total, eps, si, g, write_grad, in_place, block_max):
     """Loss of one row with class index ``y``; writes ``si * d loss / d row`` into ``g``."""
     c = row.shape[0]
@@ -138,7 +150,7 @@ def _ce_index_kernel(x, target, weight, ignore_index, eps, scale, loss, grad, wr
                                     block_max)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _ce_prob_row(row, t, weight, eps, si, g, write_grad, in_place, block_max):
     """Loss of one row with target probabilities ``t``; writes its gradient into ``g``."""
     c = row.shape[0]
@@ -237,44 +249,55 @@ def softmax_mse(x, target, scale, loss, grad):
 
 # --------------------------------------------------------------------------------- KL, entropy
 
-@njit(**PARALLEL)
-def _kl_kernel(x, target, log_target, scale, loss, grad, write_grad):
-    n, c = x.shape
-    for i in prange(n):
-        row = x[i]
-        tr = target[i]
-        m = row_max(row)
-        # loss = sum_c t_c log t_c + sum_c t_c (m - x_c) + T log s, terms with t_c = 0 dropped
-        big_t = 0.0
-        value = 0.0
+@njit(**INLINE)
+def _kl_row(row, tr, log_target, si, g, write_grad, in_place, block_max):
+    """KL(t || softmax(row)) of one row; writes ``si * (T p - t)`` into ``g``."""
+    c = row.shape[0]
+    # loss = sum_c t_c log t_c + sum_c t_c (m - x_c) + T log s, terms with t_c = 0 dropped
+    big_t = 0.0
+    t_log_t = 0.0
+    t_x = 0.0
+    for k in range(c):
+        v = np.float64(tr[k])
+        t = math.exp(v) if log_target else v
+        if t != 0.0:
+            big_t += t
+            t_log_t += t * (v if log_target else math.log(t))
+            t_x += t * np.float64(row[k])
+    if write_grad:
+        m, s = exp_blocks(row, g, block_max, in_place)
+    else:
+        m, s = online_sum_exp(row)
+    if poisoned(m, s):
+        if write_grad:
+            fill_row(g, NAN)
+        return NAN
+    if write_grad:
+        scale_blocks(g, block_max, m, si * big_t / s)
         for k in range(c):
             v = np.float64(tr[k])
-            t = math.exp(v) if log_target else v
-            log_t = v if log_target else (math.log(t) if t > 0.0 else 0.0)
-            big_t += t
-            value += t * (log_t + (m - np.float64(row[k]))) if t != 0.0 else 0.0
-        if write_grad:
-            s = store_exp(row, m, grad[i])
-        else:
-            s = sum_exp(row, m)
-        if poisoned(m, s):
-            _poison(loss, grad, i, write_grad)
-            continue
-        loss[i] = value + big_t * math.log(s)
-        if write_grad:
-            g = grad[i]
-            si = scale[i]
-            k_p = like(si * big_t / s, g)
-            for k in range(c):
-                v = np.float64(tr[k])
-                t = math.exp(v) if log_target else v
-                g[k] = g[k] * k_p - like(si * t, g)
+            g[k] -= like(si * (math.exp(v) if log_target else v), g)
+    return t_log_t + (big_t * m - t_x) + big_t * math.log(s)
+
+
+@njit(**PARALLEL)
+def _kl_kernel(x, target, log_target, scale, loss, grad, write_grad, in_place):
+    n, c = x.shape
+    rows, n_chunks = _chunking(n, c)
+    for chunk in prange(n_chunks):
+        block_max = np.empty((c + BLOCK - 1) // BLOCK)
+        for i in range(chunk * rows, min(n, chunk * rows + rows)):
+            g = grad[i] if write_grad else grad[0]
+            si = scale[i] if write_grad else 1.0
+            loss[i] = _kl_row(x[i], target[i], log_target, si, g, write_grad, in_place,
+                              block_max)
 
 
 def kl(x, target, log_target, scale, loss, grad):
     g, write = _grad_arg(grad, x)
+    in_place = grad is not None and np.may_share_memory(grad, x)
     scale = np.zeros(0) if scale is None else scale
-    _kl_kernel(_readable(x), _readable(target), log_target, scale, loss, g, write)
+    _kl_kernel(_readable(x), _readable(target), log_target, scale, loss, g, write, in_place)
 
 
 @njit(**PARALLEL)
@@ -397,19 +420,23 @@ def mse(x, target, scale, loss, grad):
 @njit(**PARALLEL)
 def _softmax_kernel(x, out, log):
     n, c = x.shape
-    for i in prange(n):
-        row = x[i]
-        m = row_max(row)
-        s = store_exp(row, m, out[i])
-        if poisoned(m, s):
-            fill_row(out[i], NAN)
-            continue
-        if log:
-            log_s = math.log(s)
-            for k in range(c):
-                out[i, k] = like((np.float64(row[k]) - m) - log_s, out)
-        else:
-            scale_row(out[i], 1.0 / s)
+    rows, n_chunks = _chunking(n, c)
+    for chunk in prange(n_chunks):
+        block_max = np.empty((c + BLOCK - 1) // BLOCK)
+        for i in range(chunk * rows, min(n, chunk * rows + rows)):
+            row = x[i]
+            if log:
+                m, s = online_sum_exp(row)
+            else:
+                m, s = exp_blocks(row, out[i], block_max, False)
+            if poisoned(m, s):
+                fill_row(out[i], NAN)
+            elif log:
+                log_s = math.log(s)
+                for k in range(c):
+                    out[i, k] = like((np.float64(row[k]) - m) - log_s, out)
+            else:
+                scale_blocks(out[i], block_max, m, 1.0 / s)
 
 
 def softmax(x, out):
