@@ -183,64 +183,66 @@ def _backends_to_run(options):
     return names
 
 
-def run(options, progress=None) -> list[Result]:
+def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progress):
+    """Time one (loss, mode, shape, dtype) on the limit, every backend and every peer."""
     copy_fn, read_fn, _ = _limits()
+    logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, np.dtype(dtype))
+    nbytes = logits.nbytes * (2 if mode == "fused" else 1)
+    label = f"{case.loss} {mode} {shape[0]}x{shape[1]} {dtype}"
+    buffer = np.empty_like(logits)
+    if mode == "fused":
+        t, n, w, _ = _timeit(lambda: copy_fn(logits, buffer), budget)
+    else:
+        rows = np.empty(shape[0])
+        t, n, w, _ = _timeit(lambda: read_fn(logits, rows), budget)
+    group = [Result(case.loss, mode, shape, dtype, "limit", t, n, w, nbytes, "-")]
+
+    def call(impl):
+        if mode == "fused":
+            return case.with_grad(logits, *args, **kwargs, backend=impl, out=buffer,
+                                  n_threads=options.threads)
+        return (case.forward(logits, *args, **kwargs, backend=impl,
+                             n_threads=options.threads),)
+
+    reference = None
+    for impl in impls:
+        if progress:
+            progress(f"{label}: {impl}")
+        t, n, w, out = _timeit(lambda impl=impl: call(impl), budget)
+        out = tuple(np.array(o, copy=True) for o in out)
+        if impl == "numpy":
+            reference, check = out, "reference"
+        else:
+            check = _agrees(out, reference, dtype)
+        group.append(Result(case.loss, mode, shape, dtype, impl, t, n, w, nbytes, check))
+    for name, make in peers:
+        fn = make(case, logits, args, mode, options.threads)
+        if fn is None:
+            continue
+        if progress:
+            progress(f"{label}: {name}")
+        t, n, w, out = _timeit(fn, budget)
+        group.append(Result(case.loss, mode, shape, dtype, name, t, n, w, nbytes,
+                            _agrees(out, reference, dtype)))
+    limit = group[0].seconds
+    numpy_t = next(r.seconds for r in group if r.impl == "numpy")
+    peer_ts = [r.seconds for r in group if r.impl in ("torch", "jax")]
+    for r in group:
+        r.ratio_limit = r.seconds / limit
+        r.speedup_numpy = numpy_t / r.seconds
+        if peer_ts:
+            r.speedup_peer = min(peer_ts) / r.seconds
+    return group
+
+
+def run(options, progress=None) -> list[Result]:
     budget = 0.05 if options.quick else 0.4
     impls = _backends_to_run(options)
     peers = [] if options.no_peers else [("torch", _torch_peer), ("jax", _jax_peer)]
     results = []
-    workloads = _workloads(options)
-    for case, mode, shape, dtype in workloads:
-        rng = np.random.default_rng(0)
-        logits, args, kwargs = case.inputs(rng, shape, np.dtype(dtype))
-        nbytes = logits.nbytes * (2 if mode == "fused" else 1)
-        label = f"{case.loss} {mode} {shape[0]}x{shape[1]} {dtype}"
-        group = []
-        buffer = np.empty_like(logits)
-        if mode == "fused":
-            t, n, w, _ = _timeit(lambda: copy_fn(logits, buffer), budget)
-        else:
-            rows = np.empty(shape[0])
-            t, n, w, _ = _timeit(lambda: read_fn(logits, rows), budget)
-        group.append(Result(case.loss, mode, shape, dtype, "limit", t, n, w, nbytes, "-"))
-        reference = None
-        for impl in impls:
-            if progress:
-                progress(f"{label}: {impl}")
-            if mode == "fused":
-                def fn(impl=impl):
-                    return case.with_grad(logits, *args, **kwargs, backend=impl, out=buffer,
-                                          n_threads=options.threads)
-            else:
-                def fn(impl=impl):
-                    return (case.forward(logits, *args, **kwargs, backend=impl,
-                                         n_threads=options.threads),)
-            t, n, w, out = _timeit(fn, budget)
-            out = tuple(np.array(o, copy=True) for o in out)
-            if impl == "numpy":
-                reference, check = out, "reference"
-            else:
-                check = _agrees(out, reference, dtype)
-            group.append(Result(case.loss, mode, shape, dtype, impl, t, n, w, nbytes, check))
-        for name, make in peers:
-            fn = make(case, logits, args, mode, options.threads)
-            if fn is None:
-                continue
-            if progress:
-                progress(f"{label}: {name}")
-            t, n, w, out = _timeit(fn, budget)
-            check = _agrees(out, reference, dtype)
-            group.append(Result(case.loss, mode, shape, dtype, name, t, n, w, nbytes, check))
-        limit = group[0].seconds
-        numpy_t = next(r.seconds for r in group if r.impl == "numpy")
-        peer_ts = [r.seconds for r in group if r.impl in ("torch", "jax")]
-        for r in group:
-            r.ratio_limit = r.seconds / limit
-            r.speedup_numpy = numpy_t / r.seconds
-            if peer_ts:
-                r.speedup_peer = min(peer_ts) / r.seconds
-        results.extend(group)
-        del buffer, reference
+    for case, mode, shape, dtype in _workloads(options):
+        results.extend(_run_workload(case, mode, shape, dtype, impls, peers, options, budget,
+                                     progress))
     return results
 
 

@@ -181,7 +181,8 @@ def binary_cross_entropy_with_logits(x, target, weight=None, pos_weight=None):
 
     .. math::
 
-        \ell = w\,\big[\,p_w\, t\,\operatorname{softplus}(-x) + (1-t)\operatorname{softplus}(x)\big],
+        \ell = w\,\big[\,p_w\, t\,\operatorname{softplus}(-x)
+                 + (1-t)\operatorname{softplus}(x)\big],
         \qquad
         \frac{\partial \ell}{\partial x} = w\,\big[(1-t)\,\sigma(x) - p_w\, t\,\sigma(-x)\big],
 

@@ -24,7 +24,7 @@ def central_difference(f, x, h=1e-4):
     grad = np.zeros_like(x)
     n_cols = x.shape[-1]
     for j in range(n_cols):
-        def at(step):
+        def at(step, j=j):
             y = x.copy()
             y[..., j] += step
             return np.asarray(f(y), dtype=np.float64)

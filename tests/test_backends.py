@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import assert_close
+from helpers import reduce_rows
 
 import fastloss as fl
 from fastloss._registry import CASES, reference_rows
-from helpers import reduce_rows
 
 SHAPES = [(5, 7), (3, 4, 33), (2, 1), (1, 300)]
 

@@ -1,0 +1,88 @@
+"""The command line: info, bench (quick, JSON, plot), demo and config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastloss
+
+
+def run_cli(*args, timeout=600):
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "fastloss", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_info_lists_every_backend_and_why():
+    out = run_cli("info")
+    assert f"fastloss {fastloss.__version__}" in out
+    for name, state in fastloss.backends().items():
+        assert f"{name}" in out and state.split(":")[0] in out
+    assert "threads" in out and "features" in out
+
+
+def test_bench_quick_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    report, figure = tmp_path / "bench.json", tmp_path / "bench.png"
+    out = run_cli("bench", "--quick", "--json", str(report), "--plot", str(figure))
+    data = json.loads(report.read_text())
+    results = data["results"]
+    impls = {r["impl"] for r in results}
+    assert {"limit", "numpy"} <= impls
+    for backend, state in fastloss.backends().items():
+        if state == "available" and backend != "cuda":
+            assert backend in impls
+    for r in results:
+        assert r["seconds"] > 0 and r["gbps"] > 0 and r["runs"] >= 1
+        assert not r["check"].startswith("WRONG"), r
+        if r["impl"] not in ("limit", "numpy"):
+            assert r["check"] == "ok"
+            assert r["ratio_limit"] > 0 and r["speedup_numpy"] > 0
+    modes = {(r["loss"], r["mode"]) for r in results}
+    assert modes == {("cross_entropy", "forward"), ("cross_entropy", "fused")}
+    assert data["machine"]["cpu"]["cores"] >= 1 and "numpy" in data["machine"]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cross_entropy" in out and "x limit" in out
+
+
+def test_bench_all_losses_and_options(tmp_path):
+    report = tmp_path / "all.json"
+    run_cli("bench", "--quick", "--all", "--dtype", "float64", "--threads", "1",
+            "--backends", "numpy", "--no-peers", "--json", str(report))
+    results = json.loads(report.read_text())["results"]
+    assert {r["loss"] for r in results} == {"cross_entropy", "binary_cross_entropy_with_logits",
+                                            "softmax_mse", "kl_divergence", "entropy",
+                                            "mse_loss"}
+    assert {r["dtype"] for r in results} == {"float64"}
+    assert {r["impl"] for r in results} == {"limit", "numpy"}
+
+
+def test_demo_trains_and_writes_the_figure(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    figure = tmp_path / "demo.png"
+    out = run_cli("demo", "--epochs", "25", "--seed", "1", "--out", str(figure))
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("final test accuracy after 25 epochs: cross-entropy ")
+    accuracies = [float(w.strip("(),")) for w in last.split() if w.strip("(),")[:2] == "0."]
+    assert len(accuracies) == 4 and all(0.5 < a <= 1.0 for a in accuracies)
+    ce_mlp, ce_linear, mse_mlp, mse_linear = accuracies
+    assert ce_mlp >= mse_mlp and ce_linear >= mse_linear  # the point of the demo
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_true_class_gradient_vanishes_only_for_mse():
+    import numpy as np
+
+    from fastloss._demo import true_class_gradient
+
+    g = true_class_gradient(np.array([1e-3, 0.5, 0.999]), backend="numpy")
+    np.testing.assert_allclose(g["cross-entropy"], [1 - 1e-3, 0.5, 1e-3], rtol=1e-9)
+    assert g["softmax MSE"][0] < 0.01 and g["softmax MSE"][1] > 0.1
