@@ -1,0 +1,75 @@
+"""pytest-benchmark suite, driven by the same registry as the tests.
+
+Smoke test (CI, and the default of pytest.ini):  python -m pytest benches/
+Real run:   python -m pytest benches/ --benchmark-enable --benchmark-only --benchmark-autosave
+Compare two runs:  pytest-benchmark compare 0001 0002 --group-by=group
+Each group is ``loss|shape|dtype``: every available backend, the NumPy reference, PyTorch
+when installed and the parallel copy of the logits (the memory-bandwidth limit).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastloss
+from fastloss._registry import CASES_BY_ID
+
+LOSSES = ["cross_entropy[index]", "binary_cross_entropy_with_logits[plain]",
+          "softmax_mse[index]", "kl_divergence[probs]", "entropy[plain]", "mse_loss[plain]"]
+FULL_SHAPES = [(65536, 10), (8192, 1000), (2048, 32768), (512, 128256)]
+SMOKE_SHAPES = [(64, 10), (8, 1000)]
+DTYPES = ["float32", "float64"]
+BACKENDS = [b for b, s in fastloss.backends().items() if s == "available" and b != "cuda"]
+IMPLS = ["copy", *BACKENDS, "torch"]
+
+
+def _shapes(config):
+    disabled = config.getoption("benchmark_disable") and not config.getoption("benchmark_enable")
+    if disabled or os.environ.get("FASTLOSS_BENCH_SMALL"):
+        return SMOKE_SHAPES
+    return FULL_SHAPES
+
+
+def pytest_generate_tests(metafunc):
+    if "shape" in metafunc.fixturenames:
+        metafunc.parametrize("shape", _shapes(metafunc.config), ids=lambda s: f"{s[0]}x{s[1]}")
+
+
+def _torch_fused(case, logits, args):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    fns = {"cross_entropy": F.cross_entropy, "binary_cross_entropy_with_logits":
+           F.binary_cross_entropy_with_logits, "mse_loss": F.mse_loss}
+    if case.loss not in fns:
+        pytest.skip(f"no PyTorch counterpart for {case.loss}")
+    x = torch.from_numpy(logits).requires_grad_()
+    targets = [torch.from_numpy(np.asarray(a)) for a in args]
+
+    def run():
+        x.grad = None
+        fns[case.loss](x, *targets).backward()
+    return run
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_fused(benchmark, loss, shape, dtype, impl):
+    case = CASES_BY_ID[loss]
+    logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, np.dtype(dtype))
+    out = np.empty_like(logits)
+    benchmark.group = f"{loss}|{shape[0]}x{shape[1]}|{dtype}"
+    if impl == "copy":
+        from fastloss._bench import _limits
+
+        copy = _limits()[0]
+        benchmark(copy, logits, out)
+        return
+    if impl == "torch":
+        benchmark(_torch_fused(case, logits, args))
+        return
+    result = benchmark(case.with_grad, logits, *args, **kwargs, backend=impl, out=out)
+    assert result[1] is out
