@@ -50,13 +50,18 @@ class Result:
         return self.bytes_moved / self.seconds / 1e9
 
 
+SLOW_CALL = 1.0  # seconds: such a call (the NumPy reference on big shapes) is timed once
+
+
 def _timeit(fn, budget: float, min_runs: int = 3, max_runs: int = 50):
     """(best seconds, runs, warm-up seconds, last result)."""
     t0 = time.perf_counter()
     result = fn()
     warmup = time.perf_counter() - t0
+    if warmup > SLOW_CALL:  # nothing to compile, and a second second-long run tells nothing
+        return warmup, 1, warmup, result
     best, runs, spent = float("inf"), 0, 0.0
-    if warmup > budget:  # the slow reference: a second run is enough
+    if warmup > budget:
         min_runs = 1
     while runs < max_runs and (runs < min_runs or spent < budget):
         t0 = time.perf_counter()
@@ -311,11 +316,10 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = []
-    for r in results:
-        key = f"{r.loss}\n{r.mode} {r.shape[0]}x{r.shape[1]} {r.dtype}"
-        if key not in groups:
-            groups.append(key)
+    def key_of(r):
+        return f"{r.loss}\n{r.mode}\n{r.shape[0]}x{r.shape[1]} {r.dtype}"
+
+    groups = list(dict.fromkeys(key_of(r) for r in results))
     impls = [i for i in dict.fromkeys(r.impl for r in results) if i != "limit"]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.5))
     width = 0.8 / max(1, len(impls))
@@ -323,8 +327,7 @@ def plot(results, path):
         xs, ys = [], []
         for i, key in enumerate(groups):
             for r in results:
-                k = f"{r.loss}\n{r.mode} {r.shape[0]}x{r.shape[1]} {r.dtype}"
-                if k == key and r.impl == impl:
+                if key_of(r) == key and r.impl == impl:
                     xs.append(i + j * width)
                     ys.append(r.ratio_limit)
         ax.bar(xs, ys, width, label=impl)
