@@ -23,11 +23,14 @@ from ._api import (
     softmax_mse_with_grad,
 )
 from ._backends import backends
+from ._capi import get_include, get_lib_dir
 
 __version__ = "0.1.0"
 
 __all__ = [
     "backends",
+    "get_include",
+    "get_lib_dir",
     "binary_cross_entropy_with_logits",
     "binary_cross_entropy_with_logits_with_grad",
     "cross_entropy",

@@ -17,7 +17,7 @@ ENV_VAR = "FASTLOSS_BACKEND"
 _MODULES = {
     "numpy": "fastloss._numpy_kernels",
     "numba": "fastloss._ext.numba_cpu",
-    "cython": "fastloss._ext._cython_backend",
+    "cython": "fastloss._ext._cython",
     "cuda": "fastloss._ext.numba_cuda",
 }
 NAMES = tuple(_MODULES)
