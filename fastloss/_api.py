@@ -60,13 +60,19 @@ class _Call:
 
     @property
     def n_cols(self) -> int:
-        return self.logits.shape[-1] if self.logits.ndim else 1
+        return tuple(self.logits.shape)[-1] if self.logits.ndim else 1
 
     @property
     def dtype(self) -> np.dtype:
         return _compute_dtype(self.logits.dtype)
 
+    @property
+    def device(self) -> bool:
+        return V.is_device_array(self.logits)
+
     def rows(self, a) -> np.ndarray:
+        if V.is_device_array(a):
+            return self.module.rows(a, self.n_cols)
         return _rows(a, self.n_cols, self.dtype)
 
 
@@ -77,7 +83,10 @@ def _common(logits, reduction, want_grad, grad_output, out, backend, n_threads, 
         grad_output = V.grad_output(grad_output, reduction, loss_shape)
         out = V.out_array(out, logits)
     n_threads = V.n_threads(n_threads)
-    name, module = _backends.resolve(backend, device=V.is_device_array(logits))
+    device = V.is_device_array(logits)
+    if device and logits.dtype == np.float16:
+        raise TypeError("float16 GPU arrays are not supported; use float32 or float64")
+    name, module = _backends.resolve(backend, device=device)
     return _Call(logits, reduction, tuple(loss_shape), want_grad, grad_output, out, name,
                  module, n_threads)
 
@@ -103,7 +112,9 @@ def _run(call: _Call, kernel: str, x: np.ndarray, args: tuple, denominator: floa
     grad = None
     if call.want_grad:
         if call.out is not None and call.out.dtype == x.dtype:
-            grad = call.out.reshape(n_rows, n_cols)
+            grad = call.rows(call.out) if call.device else call.out.reshape(n_rows, n_cols)
+        elif call.device:
+            grad = call.module.empty((n_rows, n_cols), x.dtype)
         else:
             grad = np.empty((n_rows, n_cols), dtype=x.dtype)
     with call.module.thread_limit(call.n_threads):
@@ -122,7 +133,9 @@ def _run(call: _Call, kernel: str, x: np.ndarray, args: tuple, denominator: floa
 
 
 def _finish_grad(call: _Call, grad: np.ndarray) -> np.ndarray:
-    shape = call.logits.shape
+    shape = tuple(call.logits.shape)
+    if call.device:  # the gradient stays on the GPU, as the logits
+        return call.out if call.out is not None else grad.reshape(shape)
     if call.out is None:
         return grad.reshape(shape).astype(call.logits.dtype, copy=False)
     if not np.shares_memory(grad, call.out):
@@ -137,7 +150,7 @@ def _finish_grad(call: _Call, grad: np.ndarray) -> np.ndarray:
 def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
                    backend, n_threads, want_grad, grad_output=None, out=None):
     logits = V.floating(logits, "logits", min_ndim=1)
-    n_classes = logits.shape[-1]
+    n_classes = tuple(logits.shape)[-1]
     eps = V.label_smoothing(label_smoothing)
     ignore_index = V.integer(ignore_index, "ignore_index")
     w = V.class_weight(weight, n_classes)
@@ -152,7 +165,7 @@ def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduct
     else:
         target = V.class_target(target, logits, ignore_index)
     call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=logits.shape[:-1])
+                   loss_shape=tuple(logits.shape)[:-1])
 
     x = call.rows(logits)
     weights = np.ones(n_classes) if w is None else w
@@ -265,14 +278,14 @@ def _bce(logits, target, weight, pos_weight, reduction, backend, n_threads, want
     logits = V.floating(logits, "logits")
     target = V.same_shape(target, logits, "target")
     w = V.broadcast_weight(weight, logits, "weight")
-    n_cols = logits.shape[-1] if logits.ndim else 1
+    n_cols = tuple(logits.shape)[-1] if logits.ndim else 1
     pw = V.class_vector(pos_weight, n_cols, "pos_weight")
     call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=logits.shape)
+                   loss_shape=tuple(logits.shape))
     x = call.rows(logits)
     t = call.rows(target)
     if w is not None:
-        w = np.broadcast_to(w, logits.shape).reshape(x.shape)
+        w = np.broadcast_to(w, tuple(logits.shape)).reshape(x.shape)
     return _run(call, "bce", x, (t, w, pw), logits.size, elementwise=True)
 
 
@@ -355,7 +368,7 @@ def _softmax_mse(logits, target, reduction, backend, n_threads, want_grad, grad_
     logits = V.floating(logits, "logits", min_ndim=1)
     target, soft = _softmax_target(target, logits)
     call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=logits.shape[:-1])
+                   loss_shape=tuple(logits.shape)[:-1])
     x = call.rows(logits)
     t = call.rows(target) if soft else target
     return _run(call, "softmax_mse", x, (t,), x.shape[0])
@@ -417,14 +430,15 @@ def _kl(logits, target, log_target, reduction, backend, n_threads, want_grad, gr
     target = V.same_shape(target, logits, "target")
     log_target = V.boolean(log_target, "log_target")
     call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=logits.shape[:-1], reductions=V.REDUCTIONS + ("batchmean",))
+                   loss_shape=tuple(logits.shape)[:-1],
+                   reductions=V.REDUCTIONS + ("batchmean",))
     x = call.rows(logits)
     t = call.rows(target)
     # PyTorch's kl_div: "mean" divides by every element, "batchmean" by the first dimension.
     if call.reduction == "mean":
         denominator = logits.size
     else:
-        denominator = logits.shape[0] if logits.ndim > 1 else 1
+        denominator = tuple(logits.shape)[0] if logits.ndim > 1 else 1
     if call.reduction == "batchmean":
         call.reduction = "mean"
     return _run(call, "kl", x, (t, log_target), denominator)
@@ -484,7 +498,7 @@ def kl_divergence_with_grad(logits, target, *, log_target: bool = False,
 def _entropy(logits, reduction, backend, n_threads, want_grad, grad_output=None, out=None):
     logits = V.floating(logits, "logits", min_ndim=1)
     call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=logits.shape[:-1])
+                   loss_shape=tuple(logits.shape)[:-1])
     x = call.rows(logits)
     return _run(call, "entropy", x, (), x.shape[0])
 
@@ -538,7 +552,7 @@ def _mse(input, target, reduction, backend, n_threads, want_grad, grad_output=No
     input = V.floating(input, "input")
     target = V.same_shape(target, input, "target", "input")
     call = _common(input, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=input.shape)
+                   loss_shape=tuple(input.shape))
     return _run(call, "mse", call.rows(input), (call.rows(target),), input.size,
                 elementwise=True)
 
@@ -579,12 +593,12 @@ def mse_loss_with_grad(input, target, *, reduction: str = "mean", grad_output=No
 def _transform(kernel, logits, backend, n_threads, *, per_row: bool):
     logits = V.floating(logits, "logits", min_ndim=1)
     call = _common(logits, "none", False, None, None, backend, n_threads,
-                   loss_shape=logits.shape[:-1])
+                   loss_shape=tuple(logits.shape)[:-1])
     x = call.rows(logits)
     result = np.empty(x.shape[0] if per_row else x.shape, dtype=np.float64 if per_row else x.dtype)
     with call.module.thread_limit(call.n_threads):
         getattr(call.module, kernel)(x, result)
-    shape = logits.shape[:-1] if per_row else logits.shape
+    shape = tuple(logits.shape)[:-1] if per_row else tuple(logits.shape)
     return result.reshape(shape).astype(logits.dtype, copy=False)
 
 

@@ -24,8 +24,13 @@ def _describe(value) -> str:
 
 
 def _as_array(value, name: str) -> np.ndarray:
-    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
-        return value
+    if is_device_array(value):
+        try:
+            from numba import cuda  # noqa: F401  (GPU arrays need numba-cuda)
+        except ImportError:
+            raise TypeError(f"{name} is a GPU array, which needs numba-cuda: "
+                            "pip install 'fastloss[cuda]'") from None
+        return as_device_array(value)  # no copy: a view with NumPy-style dtype and shape
     try:
         arr = np.asarray(value)
     except Exception as exc:  # e.g. ragged lists
@@ -36,8 +41,21 @@ def _as_array(value, name: str) -> np.ndarray:
 
 
 def is_device_array(value) -> bool:
-    """True for GPU arrays (anything with ``__cuda_array_interface__``)."""
-    return hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray)
+    """True for GPU arrays: anything with ``__cuda_array_interface__``, and Numba device
+    arrays (including those of its CUDA simulator, which have no such interface)."""
+    if isinstance(value, np.ndarray):
+        return False
+    return hasattr(value, "__cuda_array_interface__") or (
+        hasattr(value, "copy_to_host") and hasattr(value, "is_c_contiguous"))
+
+
+def as_device_array(value):
+    """A Numba device array viewing a GPU array (no copy)."""
+    from numba import cuda
+
+    if hasattr(cuda, "as_cuda_array") and hasattr(value, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(value)
+    return value  # already a Numba device array (or a simulator one)
 
 
 def floating(value, name: str, *, min_ndim: int = 0):
@@ -48,12 +66,13 @@ def floating(value, name: str, *, min_ndim: int = 0):
         raise TypeError(
             f"{name} must be a floating array (float16, float32 or float64), got {_describe(arr)}"
         )
-    if len(arr.shape) < min_ndim:
+    shape = tuple(arr.shape)
+    if len(shape) < min_ndim:
         raise ValueError(
             f"{name} must have at least {min_ndim} dimension(s) with classes on the last axis, "
-            f"got shape {tuple(arr.shape)}"
+            f"got shape {shape}"
         )
-    if min_ndim and arr.shape[-1] == 0:
+    if min_ndim and shape[-1] == 0:
         raise ValueError(f"{name} must have at least one class, got shape {tuple(arr.shape)}")
     return arr
 
@@ -123,8 +142,8 @@ def class_target(target, logits, ignore_index: int | None) -> np.ndarray:
     Every index must be in ``[0, C)`` or equal ``ignore_index``.
     """
     arr = _as_array(target, "target")
-    batch_shape = tuple(logits.shape[:-1])
-    n_classes = logits.shape[-1]
+    batch_shape = tuple(logits.shape)[:-1]
+    n_classes = tuple(logits.shape)[-1]
     if arr.dtype.kind == "f":
         if tuple(arr.shape) == batch_shape:
             raise TypeError(
@@ -188,7 +207,7 @@ def broadcast_weight(weight, logits, name: str) -> np.ndarray | None:
         return None
     arr = real(weight, name)
     try:
-        shape = np.broadcast_shapes(arr.shape, logits.shape)
+        shape = np.broadcast_shapes(arr.shape, tuple(logits.shape))
     except ValueError:
         shape = None
     if shape != tuple(logits.shape):
@@ -204,7 +223,7 @@ def class_vector(value, n_classes: int, name: str) -> np.ndarray | None:
     if value is None:
         return None
     arr = real(value, name)
-    if arr.size not in (1, n_classes) or any(s != 1 for s in arr.shape[:-1]):
+    if arr.size not in (1, n_classes) or any(s != 1 for s in tuple(arr.shape)[:-1]):
         raise ValueError(
             f"{name} must have shape ({n_classes},), one value per class, "
             f"got {tuple(arr.shape)}"
@@ -228,14 +247,30 @@ def grad_output(value, reduction_: str, loss_shape: tuple) -> np.ndarray:
 
 
 def out_array(out, logits) -> np.ndarray | None:
-    """``None`` or a writeable, C-contiguous array of the logits' shape and dtype."""
+    """``None`` or a writeable, C-contiguous array of the logits' shape and dtype (on the
+    GPU when the logits are)."""
     if out is None:
         return None
+    if is_device_array(logits):
+        if not is_device_array(out):
+            raise TypeError("out must be a GPU array when logits is one, got "
+                            f"{type(out).__name__}")
+        out = _as_array(out, "out")
+        problems = []
+        if tuple(out.shape) != tuple(logits.shape):
+            problems.append(f"shape {tuple(out.shape)} (expected {tuple(logits.shape)})")
+        if out.dtype != logits.dtype:
+            problems.append(f"dtype {out.dtype} (expected {logits.dtype})")
+        if not out.is_c_contiguous():
+            problems.append("a non C-contiguous layout")
+        if problems:
+            raise ValueError("out has " + ", ".join(problems))
+        return out
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
     problems = []
-    if out.shape != logits.shape:
-        problems.append(f"shape {out.shape} (expected {logits.shape})")
+    if tuple(out.shape) != tuple(logits.shape):
+        problems.append(f"shape {out.shape} (expected {tuple(logits.shape)})")
     if out.dtype != logits.dtype:
         problems.append(f"dtype {out.dtype} (expected {logits.dtype})")
     if not out.flags.c_contiguous:

@@ -1,0 +1,102 @@
+"""The cuda backend on Numba's CUDA simulator (run by test_cuda.py with NUMBA_ENABLE_CUDASIM=1
+and 8 threads per block, so that every row spans several threads and several blocks run).
+
+Small shapes: the simulator runs every GPU thread as a Python thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from numba import cuda
+
+import fastloss as fl
+from fastloss._registry import CASES, reference_rows
+
+assert cuda.is_available() and fl.backends()["cuda"] == "available"
+
+SHAPES = [(5, 7), (2, 3, 21)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_cuda_matches_reference(case, dtype):
+    rng = np.random.default_rng(0)
+    for shape in SHAPES:
+        logits, args, kwargs = case.inputs(rng, shape, dtype)
+        rows, grad_rows = reference_rows(case, logits, args, kwargs)
+        loss, grad = case.with_grad(logits, *args, **kwargs, reduction="none", backend="cuda")
+        assert_close(loss, rows, dtype, err_msg=f"{case.id} {shape}")
+        assert_close(grad, grad_rows, dtype, err_msg=f"{case.id} {shape}")
+        for reduction in case.reductions[:1]:  # "mean" ("batchmean" for KL): the simulator is slow
+            expected = case.with_grad(logits, *args, **kwargs, reduction=reduction,
+                                      backend="numpy")
+            got = case.with_grad(logits, *args, **kwargs, reduction=reduction, backend="cuda")
+            forward = case.forward(logits, *args, **kwargs, reduction=reduction, backend="cuda")
+            assert_close(got[0], expected[0], dtype)
+            assert_close(forward, expected[0], dtype)
+            assert_close(got[1], expected[1], dtype)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.loss == "cross_entropy"] + [
+    c for c in CASES if c.loss in ("kl_divergence", "entropy", "softmax_mse")][:2],
+    ids=lambda c: c.id)
+def test_device_arrays_stay_on_the_device(case):
+    logits, args, kwargs = case.inputs(np.random.default_rng(1), (4, 19), np.float32)
+    expected_loss, expected_grad = case.with_grad(logits, *args, **kwargs, backend="numpy")
+    d_logits = cuda.to_device(logits)
+    d_args = tuple(cuda.to_device(a) for a in args)
+    loss, grad = case.with_grad(d_logits, *d_args, **kwargs)  # "auto" picks cuda
+    assert not isinstance(grad, np.ndarray) and hasattr(grad, "copy_to_host")
+    assert_close(loss, expected_loss, np.float32)
+    assert_close(grad.copy_to_host(), expected_grad, np.float32)
+    out = cuda.device_array_like(d_logits)
+    loss, grad = case.with_grad(d_logits, *d_args, **kwargs, out=out)
+    assert grad is out
+    assert_close(out.copy_to_host(), expected_grad, np.float32)
+
+
+def test_edge_cases_on_the_gpu():
+    x = np.array([[0.5, -np.inf, 1.0, -np.inf], [-np.inf, 2.0, 0.0, 1.0],
+                  [np.nan, 1.0, 2.0, 3.0], [1e30, -1e30, 0.0, 0.0],
+                  [-np.inf] * 4, [np.nan] * 4], dtype=np.float32)
+    target = np.array([2, 0, 1, 0, 1, -100])
+    loss, grad = fl.cross_entropy_with_grad(x, target, reduction="none", backend="cuda")
+    expected_loss, expected_grad = fl.cross_entropy_with_grad(x, target, reduction="none",
+                                                              backend="numpy")
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(expected_loss))
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-7)
+    assert grad[0, 1] == 0.0 and grad[0, 3] == 0.0  # impossible classes
+    assert loss[1] == np.inf and np.all(np.isfinite(grad[1]))  # impossible target
+    assert np.all(grad[5] == 0.0) and loss[5] == 0.0  # ignored NaN row
+    mean, g = fl.cross_entropy_with_grad(x[:0], target[:0], backend="cuda")
+    assert np.isnan(mean) and g.shape == (0, 4)
+
+
+def test_bit_identical_runs():
+    logits, args, kwargs = CASES[4].inputs(np.random.default_rng(2), (6, 45), np.float32)
+    first = CASES[4].with_grad(logits, *args, **kwargs, backend="cuda")
+    second = CASES[4].with_grad(logits, *args, **kwargs, backend="cuda")
+    assert first[0].tobytes() == second[0].tobytes()
+    assert first[1].tobytes() == second[1].tobytes()
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+def test_transforms(name):
+    x = np.random.default_rng(3).standard_normal((3, 17)) * 4
+    x[0, :5] = -np.inf
+    assert_close(getattr(fl, name)(x, backend="cuda"), getattr(fl, name)(x, backend="numpy"),
+                 np.float64)
+
+
+def test_bad_device_out_is_refused():
+    d = cuda.to_device(np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"out has shape \(3, 5\) \(expected \(3, 4\)\)"):
+        fl.cross_entropy_with_grad(d, np.array([0, 1, 2]),
+                                   out=cuda.device_array((3, 5), np.float32))
+    with pytest.raises(TypeError, match="out must be a GPU array when logits is one"):
+        fl.cross_entropy_with_grad(d, np.array([0, 1, 2]), out=np.zeros((3, 4), np.float32))
+    with pytest.raises(IndexError, match="target 7 at position 2 is out of range"):
+        fl.cross_entropy_with_grad(d, cuda.to_device(np.array([0, 1, 7])))

@@ -1,0 +1,83 @@
+"""The cuda backend where there is no GPU: every kernel compiled to PTX, and the backend
+suite run on Numba's CUDA simulator (tests/cuda_simulated.py, in a process of its own).
+Tests marked ``gpu`` need a real GPU and are skipped without one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+numba_cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+
+
+def _has_gpu():
+    return fl.backends()["cuda"] == "available" and not os.environ.get("NUMBA_ENABLE_CUDASIM")
+
+
+def test_unavailable_backend_says_why():
+    state = fl.backends()["cuda"]
+    assert state == "available" or "GPU" in state or "numba-cuda" in state
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
+def test_every_kernel_compiles_to_ptx(cc):
+    if os.environ.get("NUMBA_ENABLE_CUDASIM"):
+        pytest.skip("the simulator does not compile")
+    from fastloss._ext import numba_cuda as backend
+
+    sigs = {
+        "_ce_index_kernel": "void({x}, int64[::1], float64[::1], int64, float64, float64, "
+                            "float64[::1], float64[::1], {x}, boolean)",
+        "_coef_kernel": "void({x}, {x}, float64[::1], float64, int64, float64[::1], "
+                        "float64[::1], {x}, boolean)",
+        "_softmax_mse_kernel": "void({x}, int64[::1], {x}, boolean, float64[::1], float64[::1], "
+                               "{x}, boolean)",
+        "_entropy_kernel": "void({x}, float64[::1], float64[::1], {x}, boolean)",
+        "_elementwise_kernel": "void({x}, {x}, float64[:, ::1], boolean, float64[::1], boolean, "
+                               "int64, float64[:, ::1], float64[:, ::1], {x}, boolean)",
+        "_softmax_kernel": "void({x}, {x}, int64)",
+    }
+    assert set(sigs) == set(backend.KERNELS)
+    for name, sig in sigs.items():
+        for x in ("float32[:, ::1]", "float64[:, ::1]"):
+            kernel = getattr(backend, name)
+            ptx, _ = numba_cuda.compile_ptx(kernel.py_func, sig.format(x=x), cc=cc)
+            assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx, name
+
+
+def test_backend_suite_on_the_simulator():
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fl.__file__)))
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "FASTLOSS_CUDA_THREADS": "8",
+           "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         "--rootdir", HERE, "-c", os.devnull, os.path.join(HERE, "cuda_simulated.py")],
+        cwd=HERE, env=env, capture_output=True, text=True, timeout=1500)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in summary and "failed" not in summary and "skipped" not in summary
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_gpu(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", [(3, 423, 32000), (64, 128256), (4096, 10)])
+def test_real_gpu_matches_reference(shape):
+    from numba import cuda
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(shape).astype(np.float32) * 3
+    target = rng.integers(0, shape[-1], shape[:-1])
+    expected = fl.cross_entropy_with_grad(logits, target, backend="cython"
+                                          if fl.backends()["cython"] == "available" else "numpy")
+    loss, grad = fl.cross_entropy_with_grad(cuda.to_device(logits), target)
+    np.testing.assert_allclose(loss, expected[0], rtol=1e-5)
+    np.testing.assert_allclose(grad.copy_to_host(), expected[1], rtol=1e-5, atol=1e-6)
+    again = fl.cross_entropy_with_grad(cuda.to_device(logits), target)
+    assert again[0] == loss and np.array_equal(again[1].copy_to_host(), grad.copy_to_host())
