@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -22,6 +23,7 @@ from . import _backends
 from ._registry import CASES_BY_ID
 
 DEFAULT_SHAPES = [(65536, 10), (8192, 1000), (2048, 32768), (512, 128256)]
+GPU_SHAPES = [(8192, 128256), (2048, 32768), (65536, 10)]
 QUICK_SHAPES = [(512, 10), (64, 1000)]
 DEFAULT_LOSSES = ["cross_entropy[index]"]
 ALL_LOSSES = ["cross_entropy[index]", "binary_cross_entropy_with_logits[plain]",
@@ -176,6 +178,7 @@ def _workloads(options):
 
 
 def _backends_to_run(options):
+    """The CPU backends to time (cuda gets GPU rows of its own, see _run_gpu_workload)."""
     names = [n for n, s in _backends.backends().items() if s == "available" and n != "cuda"]
     if options.backends:
         wanted = [b.strip() for b in options.backends.split(",")]
@@ -240,6 +243,93 @@ def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progr
     return group
 
 
+def _gpu_wanted(options) -> bool:
+    """GPU rows: on a real GPU, or on the CUDA simulator when asked for by name."""
+    if not _backends.available("cuda"):
+        return False
+    wanted = options.backends is None or "cuda" in options.backends.split(",")
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
+    return wanted and (not simulated or (options.backends or "").find("cuda") >= 0)
+
+
+def _run_gpu_workload(case, mode, shape, dtype, options, budget, progress):
+    """The cuda backend on GPU arrays against a device-to-device copy (fused) or the same
+    copy's read half (forward), and PyTorch CUDA when torch sees the GPU."""
+    from numba import cuda
+
+    def synced(fn):
+        def run():
+            result = fn()
+            cuda.synchronize()
+            return result
+        return run
+
+    logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, np.dtype(dtype))
+    nbytes = logits.nbytes * (2 if mode == "fused" else 1)
+    d_x, d_out = cuda.to_device(logits), cuda.device_array(logits.shape, logits.dtype)
+    d_args = tuple(cuda.to_device(np.ascontiguousarray(a)) for a in args)
+    label = f"GPU {case.loss} {mode} {shape[0]}x{shape[1]} {dtype}"
+    if progress:
+        progress(label)
+    t, n, w, _ = _timeit(synced(lambda: d_out.copy_to_device(d_x)), budget)
+    limit = Result(case.loss, mode, shape, dtype, "limit", t * (0.5 if mode == "forward"
+                   else 1.0), n, w, nbytes, "-")
+    group = [limit]
+    if mode == "fused":
+        call = synced(lambda: case.with_grad(d_x, *d_args, **kwargs, out=d_out))
+    else:
+        call = synced(lambda: (case.forward(d_x, *d_args, **kwargs),))
+    t, n, w, out = _timeit(call, budget)
+    out = tuple(o.copy_to_host() if hasattr(o, "copy_to_host") else np.asarray(o) for o in out)
+    reference = _reference_result(case, mode, logits, args, kwargs)
+    group.append(Result(case.loss, mode, shape, dtype, "cuda", t, n, w, nbytes,
+                        _agrees(out, reference, dtype)))
+    torch_fn = None if options.no_peers else _torch_cuda_peer(case, logits, args, mode)
+    if torch_fn is not None:
+        t, n, w, out = _timeit(torch_fn, budget)
+        group.append(Result(case.loss, mode, shape, dtype, "torch-cuda", t, n, w, nbytes,
+                            _agrees(out, reference, dtype)))
+    for r in group:
+        r.ratio_limit = r.seconds / limit.seconds
+        if torch_fn is not None:
+            r.speedup_peer = group[-1].seconds / r.seconds
+    return group
+
+
+def _reference_result(case, mode, logits, args, kwargs):
+    """The check of a GPU result: the fastest CPU backend, itself checked by the tests."""
+    backend = next(b for b in ("cython", "numba", "numpy") if _backends.available(b))
+    if mode == "fused":
+        return case.with_grad(logits, *args, **kwargs, backend=backend)
+    return (case.forward(logits, *args, **kwargs, backend=backend),)
+
+
+def _torch_cuda_peer(case, logits, args, mode):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if case.loss != "cross_entropy" or not torch.cuda.is_available():
+        return None
+    F = torch.nn.functional
+    x = torch.tensor(logits, device="cuda")
+    y = torch.tensor(np.asarray(args[0]), device="cuda")
+    leaf = x.clone().requires_grad_()
+
+    def run():
+        if mode == "forward":
+            with torch.no_grad():
+                loss = F.cross_entropy(x, y)
+            torch.cuda.synchronize()
+            return (loss.cpu().numpy(),)
+        leaf.grad = None
+        loss = F.cross_entropy(leaf, y)
+        loss.backward()
+        torch.cuda.synchronize()
+        return loss.detach().cpu().numpy(), leaf.grad.cpu().numpy()
+    return run
+
+
 def run(options, progress=None) -> list[Result]:
     budget = 0.05 if options.quick else 0.4
     impls = _backends_to_run(options)
@@ -248,6 +338,15 @@ def run(options, progress=None) -> list[Result]:
     for case, mode, shape, dtype in _workloads(options):
         results.extend(_run_workload(case, mode, shape, dtype, impls, peers, options, budget,
                                      progress))
+    if _gpu_wanted(options):
+        shapes = QUICK_SHAPES if options.quick else (
+            [tuple(int(v) for v in s.lower().split("x")) for s in options.shapes.split(",")]
+            if options.shapes else GPU_SHAPES)
+        for dtype in (["float32", "float64"] if options.dtype == "both" else [options.dtype]):
+            for shape in shapes:
+                for mode in ("forward", "fused"):
+                    results.extend(_run_gpu_workload(CASES_BY_ID["cross_entropy[index]"], mode,
+                                                     shape, dtype, options, budget, progress))
     return results
 
 
@@ -271,17 +370,23 @@ def _fmt(value, spec) -> str:
     return "-" if value != value else format(value, spec)
 
 
+def _times(value) -> str:
+    return "-" if value != value else f"{value:.1f}x"
+
+
 def render(results, info, console=None):
     headers = ["loss", "mode", "shape", "dtype", "impl", "ms", "warm-up s", "x limit",
                "vs numpy", "vs peer", "GB/s", "check"]
     rows = []
     for r in results:
-        impl = {"limit": "copy" if r.mode == "fused" else "read"}.get(r.impl, r.impl)
+        limit_name = "copy" if r.mode == "fused" else "read"
+        if any(g.impl == "cuda" and (g.loss, g.mode, g.shape, g.dtype) == (
+                r.loss, r.mode, r.shape, r.dtype) for g in results):
+            limit_name = "d2d " + limit_name
+        impl = {"limit": limit_name}.get(r.impl, r.impl)
         rows.append([r.loss, r.mode, f"{r.shape[0]}x{r.shape[1]}", r.dtype, impl,
                      f"{r.seconds * 1e3:.2f}", f"{r.warmup_seconds:.2f}",
-                     _fmt(r.ratio_limit, ".2f"), _fmt(r.speedup_numpy, ".1f") + "x",
-                     _fmt(r.speedup_peer, ".1f") + ("x" if r.speedup_peer == r.speedup_peer
-                                                    else ""),
+                     _fmt(r.ratio_limit, ".2f"), _times(r.speedup_numpy), _times(r.speedup_peer),
                      f"{r.gbps:.1f}", r.check])
     title = (f"fastloss {info['date']} - {info['cpu']['model']}, {info['threads']} threads; "
              "x limit = time / parallel copy (fused) or read (forward) of the logits; "
