@@ -52,18 +52,13 @@ class Result:
         return self.bytes_moved / self.seconds / 1e9
 
 
-SLOW_CALL = 1.0  # seconds: such a call (the NumPy reference on big shapes) is timed once
-
-
 def _timeit(fn, budget: float, min_runs: int = 3, max_runs: int = 50):
     """(best seconds, runs, warm-up seconds, last result)."""
     t0 = time.perf_counter()
     result = fn()
     warmup = time.perf_counter() - t0
-    if warmup > SLOW_CALL:  # nothing to compile, and a second second-long run tells nothing
-        return warmup, 1, warmup, result
     best, runs, spent = float("inf"), 0, 0.0
-    if warmup > budget:
+    if warmup > budget:  # the slow NumPy reference: one timed run after the warm-up
         min_runs = 1
     while runs < max_runs and (runs < min_runs or spent < budget):
         t0 = time.perf_counter()
