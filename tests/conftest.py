@@ -31,6 +31,9 @@ def assert_close(actual, expected, dtype, *, scale=1.0, err_msg=""):
                                rtol=rtol, atol=atol * scale, err_msg=err_msg)
 
 
+# cuda_simulated.py runs only on Numba's CUDA simulator, in the process test_cuda.py starts
+collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") else ["cuda_simulated.py"]
+
 if os.environ.get("FASTLOSS_REQUIRE_TORCH"):
     import torch  # noqa: F401  (CI: the comparisons with PyTorch must not be skipped)
 

@@ -394,77 +394,47 @@ def _device_grad(grad, like):
     return cuda.device_array(grad.shape, dtype=grad.dtype), True
 
 
-def _finish(d_loss, loss, d_grad, grad, copy_back):
+def _run_rows(kernel, x, scale, loss, grad, *args):
+    """Launch a row kernel ``kernel(x, *args, scale, loss, grad, write_grad)`` and bring the
+    per-row losses (and a NumPy gradient) back to the host."""
+    d_x = as_device(x)
+    n = d_x.shape[0]
+    if n == 0:
+        return
+    d_grad, copy_back = _device_grad(grad, d_x)
+    d_loss = cuda.device_array(n, dtype=np.float64)
+    blocks, threads = _launch(n)
+    d_scale = as_device(np.zeros(n) if scale is None else scale)
+    kernel[blocks, threads](d_x, *args, d_scale, d_loss, d_grad, grad is not None)
     d_loss.copy_to_host(loss)
     if copy_back:
         d_grad.copy_to_host(grad)
 
 
-def _row_scale(scale, n):
-    return as_device(np.zeros(max(n, 1)) if scale is None else scale)
-
-
 def ce(x, target, weight, ignore_index, eps, scale, loss, grad):
-    d_x = as_device(x)
-    n = d_x.shape[0]
-    if n == 0:
-        return
-    d_grad, copy_back = _device_grad(grad, d_x)
-    d_loss = cuda.device_array(n, dtype=np.float64)
-    blocks, threads = _launch(n)
     if len(target.shape) == 1:
-        _ce_index_kernel[blocks, threads](d_x, as_device(target), as_device(weight),
-                                          ignore_index, eps, float(np.sum(weight)),
-                                          _row_scale(scale, n), d_loss, d_grad,
-                                          grad is not None)
+        _run_rows(_ce_index_kernel, x, scale, loss, grad, as_device(target), as_device(weight),
+                  ignore_index, eps, float(np.sum(weight)))
     else:
-        _coef_kernel[blocks, threads](d_x, as_device(target), as_device(weight), eps, 0,
-                                      _row_scale(scale, n), d_loss, d_grad, grad is not None)
-    _finish(d_loss, loss, d_grad, grad, copy_back)
+        _run_rows(_coef_kernel, x, scale, loss, grad, as_device(target), as_device(weight),
+                  eps, 0)
 
 
 def kl(x, target, log_target, scale, loss, grad):
-    d_x = as_device(x)
-    n = d_x.shape[0]
-    if n == 0:
-        return
-    d_grad, copy_back = _device_grad(grad, d_x)
-    d_loss = cuda.device_array(n, dtype=np.float64)
-    blocks, threads = _launch(n)
-    _coef_kernel[blocks, threads](d_x, as_device(target), as_device(np.ones(1)), 0.0,
-                                  2 if log_target else 1, _row_scale(scale, n), d_loss,
-                                  d_grad, grad is not None)
-    _finish(d_loss, loss, d_grad, grad, copy_back)
+    _run_rows(_coef_kernel, x, scale, loss, grad, as_device(target), as_device(np.ones(1)),
+              0.0, 2 if log_target else 1)
 
 
 def softmax_mse(x, target, scale, loss, grad):
-    d_x = as_device(x)
-    n, c = d_x.shape
-    if n == 0:
-        return
-    d_grad, copy_back = _device_grad(grad, d_x)
-    d_loss = cuda.device_array(n, dtype=np.float64)
     use_index = len(target.shape) == 1
-    d_index = as_device(target) if use_index else as_device(np.zeros(1, np.int64))
-    d_prob = as_device(target) if not use_index else as_device(np.zeros((1, 1), d_x.dtype))
-    blocks, threads = _launch(n)
-    _softmax_mse_kernel[blocks, threads](d_x, d_index, d_prob, use_index,
-                                         _row_scale(scale, n), d_loss, d_grad,
-                                         grad is not None)
-    _finish(d_loss, loss, d_grad, grad, copy_back)
+    dtype = x.dtype
+    index = as_device(target) if use_index else as_device(np.zeros(1, np.int64))
+    prob = as_device(target) if not use_index else as_device(np.zeros((1, 1), dtype))
+    _run_rows(_softmax_mse_kernel, x, scale, loss, grad, index, prob, use_index)
 
 
 def entropy(x, scale, loss, grad):
-    d_x = as_device(x)
-    n = d_x.shape[0]
-    if n == 0:
-        return
-    d_grad, copy_back = _device_grad(grad, d_x)
-    d_loss = cuda.device_array(n, dtype=np.float64)
-    blocks, threads = _launch(n)
-    _entropy_kernel[blocks, threads](d_x, _row_scale(scale, n), d_loss, d_grad,
-                                     grad is not None)
-    _finish(d_loss, loss, d_grad, grad, copy_back)
+    _run_rows(_entropy_kernel, x, scale, loss, grad)
 
 
 def _elementwise(kind, x, target, weight, pos_weight, scale, loss, grad):
