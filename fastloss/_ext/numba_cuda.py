@@ -43,7 +43,7 @@ def unavailable_reason():
         return f"numba-cuda is not installed (pip install 'fastloss[cuda]'): {_IMPORT_ERROR}"
     try:
         if not cuda.is_available():
-            return "numba-cuda is installed but no CUDA GPU or driver was found"
+            return "no CUDA GPU or driver was found (numba.cuda is importable)"
     except Exception as exc:  # pragma: no cover - driver errors
         return f"CUDA is not usable: {exc}"
     return None
