@@ -8,6 +8,7 @@ reduces the same way.  The math of each loss is in :mod:`fastloss.reference`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,18 +96,20 @@ def _run(call: _Call, kernel: str, x: np.ndarray, args: tuple, denominator: floa
          *, elementwise: bool = False):
     """Run ``kernel`` on the (N, C) rows ``x``, reduce the loss, scale and return the grad."""
     n_rows, n_cols = x.shape
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv_denominator = np.float64(1.0) / np.float64(denominator)
+    # Python floats: 1/0 is inf here (every target ignored: the loss is 0 * inf = NaN, as in
+    # PyTorch, and the kernels write 0 gradients for ignored rows whatever the scale)
+    inv_denominator = 1.0 / denominator if denominator else math.inf
     scale = None
     if call.want_grad:
         go = call.grad_output
-        if call.reduction == "mean":
-            go = go * inv_denominator
-        if elementwise:
-            scale = np.broadcast_to(go.reshape(-1, n_cols) if go.ndim else go, (n_rows, n_cols))
+        if go.ndim == 0:
+            value = float(go) * (inv_denominator if call.reduction == "mean" else 1.0)
+            scale = (np.broadcast_to(np.float64(value), (n_rows, n_cols)) if elementwise
+                     else np.full(n_rows, value))
+        elif elementwise:
+            scale = go.reshape(n_rows, n_cols)
         else:
-            scale = np.ascontiguousarray(np.broadcast_to(go.reshape(-1) if go.ndim else go,
-                                                         (n_rows,)))
+            scale = np.ascontiguousarray(go.reshape(-1))
     loss_rows = np.empty((n_rows, n_cols) if elementwise and call.reduction == "none"
                          else (n_rows,))
     grad = None
@@ -124,9 +127,8 @@ def _run(call: _Call, kernel: str, x: np.ndarray, args: tuple, denominator: floa
     if call.reduction == "none":
         loss = loss_rows.reshape(call.loss_shape).astype(call.logits.dtype)
     else:
-        with np.errstate(invalid="ignore"):
-            total = np.sum(loss_rows, dtype=np.float64)
-            loss = result_type(total * inv_denominator if call.reduction == "mean" else total)
+        total = float(np.sum(loss_rows, dtype=np.float64))
+        loss = result_type(total * inv_denominator if call.reduction == "mean" else total)
     if not call.want_grad:
         return loss
     return loss, _finish_grad(call, grad)
