@@ -155,18 +155,25 @@ def _limits():
     if _backends.available("numba"):
         from ._ext import numba_cpu
 
-        return numba_cpu.parallel_copy, numba_cpu.parallel_read, "parallel"
-    return (lambda s, d: np.copyto(d, s)), (lambda s, o: np.sum(s, axis=1, out=o)), "1-thread"
+        return numba_cpu.parallel_copy, numba_cpu.parallel_read
+    return (lambda s, d: np.copyto(d, s)), (lambda s, o: np.sum(s, axis=1, out=o))
+
+
+def _shapes(options, default):
+    if options.quick:
+        return QUICK_SHAPES
+    if options.shapes:
+        return [tuple(int(v) for v in s.lower().split("x")) for s in options.shapes.split(",")]
+    return default
+
+
+def _dtypes(options):
+    return ["float32", "float64"] if options.dtype == "both" else [options.dtype]
 
 
 def _workloads(options):
-    if options.quick:
-        shapes = QUICK_SHAPES
-    elif options.shapes:
-        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in options.shapes.split(",")]
-    else:
-        shapes = DEFAULT_SHAPES
-    dtypes = ["float32", "float64"] if options.dtype == "both" else [options.dtype]
+    shapes = _shapes(options, DEFAULT_SHAPES)
+    dtypes = _dtypes(options)
     losses = ALL_LOSSES if options.all else DEFAULT_LOSSES
     return [(CASES_BY_ID[loss], mode, shape, dtype) for loss in losses
             for shape in shapes for dtype in dtypes for mode in ("forward", "fused")]
@@ -188,7 +195,7 @@ def _backends_to_run(options):
 
 def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progress):
     """Time one (loss, mode, shape, dtype) on the limit, every backend and every peer."""
-    copy_fn, read_fn, _ = _limits()
+    copy_fn, read_fn = _limits()
     logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, np.dtype(dtype))
     nbytes = logits.nbytes * (2 if mode == "fused" else 1)
     label = f"{case.loss} {mode} {shape[0]}x{shape[1]} {dtype}"
@@ -242,9 +249,9 @@ def _gpu_wanted(options) -> bool:
     """GPU rows: on a real GPU, or on the CUDA simulator when asked for by name."""
     if not _backends.available("cuda"):
         return False
-    wanted = options.backends is None or "cuda" in options.backends.split(",")
+    named = options.backends is not None and "cuda" in options.backends.split(",")
     simulated = os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
-    return wanted and (not simulated or (options.backends or "").find("cuda") >= 0)
+    return named or (options.backends is None and not simulated)
 
 
 def _run_gpu_workload(case, mode, shape, dtype, options, budget, progress):
@@ -334,11 +341,8 @@ def run(options, progress=None) -> list[Result]:
         results.extend(_run_workload(case, mode, shape, dtype, impls, peers, options, budget,
                                      progress))
     if _gpu_wanted(options):
-        shapes = QUICK_SHAPES if options.quick else (
-            [tuple(int(v) for v in s.lower().split("x")) for s in options.shapes.split(",")]
-            if options.shapes else GPU_SHAPES)
-        for dtype in (["float32", "float64"] if options.dtype == "both" else [options.dtype]):
-            for shape in shapes:
+        for dtype in _dtypes(options):
+            for shape in _shapes(options, GPU_SHAPES):
                 for mode in ("forward", "fused"):
                     results.extend(_run_gpu_workload(CASES_BY_ID["cross_entropy[index]"], mode,
                                                      shape, dtype, options, budget, progress))

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss._backends import NAMES
 
 # Every backend that is available here; FASTLOSS_TEST_BACKENDS=numba,cython narrows the run.
 _selected = os.environ.get("FASTLOSS_TEST_BACKENDS")
@@ -58,4 +57,4 @@ def rng():
     return np.random.default_rng(20261121)
 
 
-__all__ = ["AVAILABLE", "BACKENDS", "ACCELERATED", "NAMES", "assert_close"]
+__all__ = ["AVAILABLE", "BACKENDS", "ACCELERATED", "assert_close"]
