@@ -69,7 +69,7 @@ FL_INLINE double sigmoid(double v) {
 /* exp(z) for z <= 0 (-inf gives 0, NaN gives NaN), vectorisable.  exp(z) = 2^n exp(r) with
    n = round(z / ln 2) taken by adding 1.5 * 2^23 (the sum's low mantissa bits are n: no
    float-to-int conversion, which would be undefined for NaN), r = z - n ln 2 in two parts
-   (Cody-Waite), exp(r) by a degree-6 polynomial fitted for relative error (0.98 ulp). */
+   (Cody-Waite), exp(r) by a degree-6 polynomial fitted for relative error. */
 FL_INLINE float exp_f32(float z) {
     const float zc = z < -87.33654f ? -87.33654f : z;
     const float t = zc * 1.44269504f + 12582912.0f;
