@@ -9,7 +9,7 @@ gradient of the *unreduced* loss.  Reductions, ``grad_output`` and dtypes are ha
 Notation: ``m_i = max_c x_ic``, ``z_ic = x_ic - m_i``, ``s_i = sum_c exp(z_ic)``,
 ``log p_ic = z_ic - log s_i`` (log-softmax), ``p_ic = exp(log p_ic)``.
 
-Conventions of the numerics contract (DESIGN.md section 2):
+Conventions of the numerics contract (docs/design.md):
 
 * ``0 * log 0 = 0``: a term whose coefficient is zero contributes zero, even when its log is
   ``-inf``.  This is where fastloss departs from PyTorch, which gives NaN there.
@@ -28,7 +28,9 @@ __all__ = [
     "logsumexp",
     "log_softmax",
     "softmax",
+    "transform_logits",
     "cross_entropy",
+    "z_loss_term",
     "binary_cross_entropy_with_logits",
     "softmax_mse",
     "kl_divergence",
@@ -102,7 +104,32 @@ def _class_coefficients(x, target, weight, label_smoothing):
     return w * q
 
 
-def cross_entropy(x, target, weight=None, ignore_index=-100, label_smoothing=0.0):
+def transform_logits(x, softcap=None, temperature=1.0):
+    r"""The logits the softmax of :func:`cross_entropy` sees, and their derivative.
+
+    .. math::
+
+        z = \frac{s \tanh(x / s)}{T}, \qquad
+        \frac{\partial z}{\partial x} = \frac{1 - \tanh^2(x / s)}{T}
+
+    for a soft cap :math:`s` (``None``: :math:`z = x / T`, derivative :math:`1/T`) and a
+    temperature :math:`T`.  The cap comes first, then the temperature (as in Gemma 2 and RL
+    trainers).  A ``-inf`` logit stays ``-inf`` with derivative 0: an impossible class stays
+    impossible (a plain ``tanh`` would make it ``-s``, a possible class).  ``+inf`` becomes
+    :math:`s / T`, a finite logit, so with a cap it does not poison its row.
+    """
+    x = _f64(x)
+    if softcap is None:
+        z, dz = x.copy(), np.ones_like(x)
+    else:
+        t = np.tanh(x / softcap)
+        z = np.where(x == -np.inf, -np.inf, softcap * t)
+        dz = np.where(x == -np.inf, 0.0, 1.0 - t * t)
+    return z / temperature, dz / temperature
+
+
+def cross_entropy(x, target, weight=None, ignore_index=-100, label_smoothing=0.0, *,
+                  softcap=None, temperature=1.0, z_loss=0.0):
     r"""Softmax cross-entropy of each row, and its gradient.
 
     With class indices :math:`y_i` (or probabilities :math:`t_{ic}`), class weights
@@ -120,6 +147,13 @@ def cross_entropy(x, target, weight=None, ignore_index=-100, label_smoothing=0.0
     :math:`\tfrac{\varepsilon}{C}\sum_c w_c (-\log p_{ic})` and the gradient follows from
     :math:`\partial(-\log p_{ic})/\partial x_{ij} = p_{ij} - \delta_{cj}`.
 
+    Options.  ``softcap`` and ``temperature`` replace :math:`x` by :math:`z(x)` of
+    :func:`transform_logits` before the softmax; the gradient is then
+    :math:`(A_i p_{ij} - a_{ij})\, \partial z_{ij} / \partial x_{ij}`.  ``z_loss``
+    :math:`\lambda` adds :math:`\lambda\, L_i^2` with :math:`L_i = \log\sum_c e^{z_{ic}}`
+    (PaLM's z-loss), whose gradient is :math:`2 \lambda L_i p_{ij}\,\partial z_{ij}/\partial
+    x_{ij}` since :math:`\partial L_i / \partial z_{ij} = p_{ij}`; see :func:`z_loss_term`.
+
     Rows with ``target == ignore_index`` give 0 and a zero gradient.  A ``-inf`` logit with
     :math:`a_{ic} = 0` is an impossible class: it adds nothing and gets 0 gradient.
 
@@ -130,21 +164,47 @@ def cross_entropy(x, target, weight=None, ignore_index=-100, label_smoothing=0.0
     weight : (C,) class weights, or None.
     ignore_index : int, class index whose rows are ignored (class indices only).
     label_smoothing : float in [0, 1].
+    softcap : float > 0 or None.
+    temperature : float > 0.
+    z_loss : float >= 0; the returned loss and gradient include the z-term.
     """
-    x = _f64(x)
+    z, dz = transform_logits(x, softcap, temperature)
     target = np.asarray(target)
     if target.ndim == 1:
         ignored = target == ignore_index
         target = np.where(ignored, 0, target)
     else:
-        ignored = np.zeros(x.shape[0], dtype=bool)
-    a = _class_coefficients(x, target, weight, label_smoothing)
-    logp = log_softmax(x)
+        ignored = np.zeros(z.shape[0], dtype=bool)
+    a = _class_coefficients(z, target, weight, label_smoothing)
+    logp = log_softmax(z)
     p = np.exp(logp)
     loss = -np.sum(_xlogy_like(a, logp), axis=-1)
     with np.errstate(invalid="ignore"):
-        grad = np.sum(a, axis=-1, keepdims=True) * p - a
-    return _mask_rows(x, loss, grad, ignored)
+        grad = (np.sum(a, axis=-1, keepdims=True) * p - a) * dz
+    if z_loss:
+        lse = logsumexp(z)
+        loss = loss + z_loss * lse * lse
+        with np.errstate(invalid="ignore"):
+            grad = grad + 2.0 * z_loss * lse[:, None] * p * dz
+    return _mask_rows(z, loss, grad, ignored)
+
+
+def z_loss_term(x, target, ignore_index=-100, *, softcap=None, temperature=1.0, z_loss=0.0):
+    r"""The z-loss part of :func:`cross_entropy` alone: :math:`\lambda L_i^2` per row and its
+    gradient :math:`2\lambda L_i p_{ij}\, \partial z_{ij}/\partial x_{ij}`, 0 for ignored rows.
+
+    ``"mean"`` averages this term over the counted (not ignored) rows, while the
+    cross-entropy term keeps PyTorch's denominator (the weights of the counted targets).
+    """
+    z, dz = transform_logits(x, softcap, temperature)
+    target = np.asarray(target)
+    ignored = (target == ignore_index if target.ndim == 1
+               else np.zeros(z.shape[0], dtype=bool))
+    lse = logsumexp(z)
+    p = softmax(z)
+    with np.errstate(invalid="ignore"):
+        grad = 2.0 * z_loss * lse[:, None] * p * dz
+    return _mask_rows(z, z_loss * lse * lse, grad, ignored)
 
 
 def _mask_rows(x, loss, grad, ignored=None):
@@ -280,3 +340,108 @@ def mse_loss(x, target):
     x = _f64(x)
     d = x - _f64(target)
     return d * d, 2.0 * d
+
+
+def cross_entropy_grad_hess(x, target, sample_weight=None, label_smoothing=0.0,
+                            hessian_scale=1.0, min_hessian=0.0):
+    r"""Gradient and diagonal Hessian of the softmax cross-entropy of each row, for gradient
+    boosting (the objective of XGBoost's ``multi:softprob``, LightGBM's ``multiclass`` and
+    scikit-learn's ``HalfMultinomialLoss.gradient_hessian``).
+
+    With the smoothed target :math:`q_{ic} = (1-\varepsilon)\, t_{ic} + \varepsilon / K`
+    (:math:`t_i` the one-hot row of the class index :math:`y_i`, or the given probabilities),
+    :math:`A_i = \sum_c q_{ic}` (1 for class indices; :math:`(1-\varepsilon)\sum_c t_{ic} +
+    \varepsilon` for probabilities), :math:`p_i = \operatorname{softmax}(x_i)` and the sample
+    weight :math:`w_i` (1 by default), the loss :math:`\ell_i = -w_i \sum_c q_{ic}\log p_{ic}`
+    has
+
+    .. math::
+
+        g_{ic} = \frac{\partial \ell_i}{\partial x_{ic}} = (A_i\, p_{ic} - q_{ic})\, w_i,
+        \qquad
+        \frac{\partial^2 \ell_i}{\partial x_{ic}^2} = A_i\, p_{ic} (1 - p_{ic})\, w_i,
+
+    and the returned Hessian is the scaled, floored diagonal
+
+    .. math::
+
+        h_{ic} = \max\big(s \cdot A_i\, p_{ic} (1 - p_{ic})\, w_i,\; h_{\min}\big)
+
+    for ``hessian_scale`` :math:`s` (XGBoost uses 2, LightGBM :math:`K/(K-1)`) and
+    ``min_hessian`` :math:`h_{\min}` (XGBoost uses 1e-16).  The max keeps NaN: a row with a
+    NaN or ``+inf`` score gives NaN for its whole gradient and Hessian row; a ``-inf`` score is
+    an impossible class (:math:`p = 0`: gradient :math:`-q_{ic} w_i`, Hessian :math:`h_{\min}`).
+
+    Parameters
+    ----------
+    x : (N, K) array of raw scores.
+    target : (N,) integer class indices, or (N, K) probabilities.
+    sample_weight : (N,) weights, or None.
+    label_smoothing : float in [0, 1].
+    hessian_scale : float > 0.
+    min_hessian : float >= 0.
+
+    Returns
+    -------
+    grad, hess : (N, K) float64 arrays.
+    """
+    x = _f64(x)
+    target = np.asarray(target)
+    q = _class_coefficients(x, target, None, label_smoothing)
+    a = np.sum(q, axis=-1, keepdims=True)
+    w = np.ones((x.shape[0], 1)) if sample_weight is None else _f64(sample_weight)[:, None]
+    p = softmax(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        grad = (a * p - q) * w
+        hess = hessian_scale * a * p * (1.0 - p) * w
+        hess = np.where(hess < min_hessian, min_hessian, hess)  # a NaN stays NaN
+    poisoned = _poisoned_rows(x)[:, None]
+    return np.where(poisoned, np.nan, grad), np.where(poisoned, np.nan, hess)
+
+
+def binary_cross_entropy_grad_hess(x, target, sample_weight=None, hessian_scale=1.0,
+                                   min_hessian=0.0):
+    r"""Gradient and Hessian of the sigmoid binary cross-entropy of each score, for gradient
+    boosting (XGBoost's ``binary:logistic``, LightGBM's ``binary``, scikit-learn's
+    ``HalfBinomialLoss.gradient_hessian``).
+
+    For the loss :math:`\ell = w\,[t \operatorname{softplus}(-x) + (1-t)\operatorname{softplus}(x)]`
+    of a score :math:`x`, a target :math:`t \in [0, 1]` (soft targets allowed) and a weight
+    :math:`w`,
+
+    .. math::
+
+        g = \frac{\partial \ell}{\partial x} = \big[(1-t)\,\sigma(x) - t\,\sigma(-x)\big]\, w
+          = (\sigma(x) - t)\, w,
+        \qquad
+        h = \max\big(s\, \sigma(x)\,\sigma(-x)\, w,\; h_{\min}\big),
+
+    :math:`\sigma(x)\sigma(-x) = \sigma(x)(1-\sigma(x))` written so that it keeps its relative
+    accuracy for large :math:`|x|` (as does the gradient's form for hard targets).  ``x = +inf``
+    gives :math:`g = (1-t) w`, ``-inf`` gives :math:`g = -t w`, both with :math:`h = h_{\min}`;
+    NaN gives NaN.
+
+    Parameters
+    ----------
+    x : (N,) array of raw scores.
+    target : (N,) targets.
+    sample_weight : (N,) weights, or None.
+    hessian_scale : float > 0.
+    min_hessian : float >= 0.
+
+    Returns
+    -------
+    grad, hess : (N,) float64 arrays.
+    """
+    x = _f64(x)
+    t = _f64(target)
+    w = 1.0 if sample_weight is None else _f64(sample_weight)
+    s_pos, s_neg = sigmoid(x), sigmoid(-x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        grad = ((1.0 - t) * s_pos - t * s_neg) * w
+        hess = hessian_scale * s_pos * s_neg * w
+        hess = np.where(hess < min_hessian, min_hessian, hess)  # a NaN stays NaN
+    return grad, hess
+
+
+__all__ += ["cross_entropy_grad_hess", "binary_cross_entropy_grad_hess"]
