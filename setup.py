@@ -1,12 +1,14 @@
 """Build the C kernels twice: into the ``cython`` backend and into ``libfastloss.so``.
 
 The shared library ships inside the package (``fastloss/_ext/lib``) for C programs that use
-the C API without Python (``python -m fastloss config --cflags --libs``).  OpenMP is used
-when the compiler has it (FASTLOSS_NO_OPENMP=1 turns it off); otherwise everything builds
-serially, with a warning.
+the C API without Python (``python -m fastloss config --cflags --libs``).  Rows run on POSIX
+threads started per call (no OpenMP runtime); FASTLOSS_NO_THREADS=1 builds everything serial.
+``#pragma omp simd`` only needs ``-fopenmp-simd`` (no runtime).  The version is read from
+``fastloss.h``, where it is written once.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,19 +21,28 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXT = os.path.join("fastloss", "_ext")
-C_SOURCES = [os.path.join(EXT, "src", "fastloss.c")]
+C_SOURCES = [os.path.join(EXT, "src", name) for name in ("fastloss.c", "threads.c", "api.c")]
+HEADER = os.path.join(EXT, "include", "fastloss.h")
 INCLUDE = [os.path.join(EXT, "include"), os.path.join(EXT, "src")]
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+# `#pragma omp simd` (vectorised reductions) without the OpenMP runtime
+SIMD_FLAGS = ["-fopenmp-simd"]
 # 256-bit vectors for the cloned kernels (short rows: 2x faster than 512-bit); src/fastloss.c
 # compiles a 512-bit variant of its own for rows of 1024 classes or more.
 VECTOR_FLAGS = ["-mprefer-vector-width=256"]
 
 
-def _compiler_accepts(flags, link_flags=(), openmp=False):
-    """Compile and link a tiny program (using OpenMP if asked) with ``flags``."""
+def version():
+    """FASTLOSS_VERSION_MAJOR.MINOR.PATCH of fastloss.h."""
+    with open(os.path.join(HERE, HEADER)) as f:
+        text = f.read()
+    parts = dict(re.findall(r"#define FASTLOSS_VERSION_(MAJOR|MINOR|PATCH) (\d+)", text))
+    return "{MAJOR}.{MINOR}.{PATCH}".format(**parts)
+
+
+def _compiler_accepts(flags, link_flags=(), program="int main(void) { return 0; }\n"):
+    """Compile and link a tiny program with ``flags``."""
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    program = ("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
-               if openmp else "int main(void) { return 0; }\n")
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
@@ -43,17 +54,23 @@ def _compiler_accepts(flags, link_flags=(), openmp=False):
             return False
 
 
+PTHREAD_PROBE = """#include <pthread.h>
+static void *f(void *p) { return p; }
+int main(void) { pthread_t t; if (pthread_create(&t, 0, f, 0)) return 1; return pthread_join(t, 0); }
+"""
+
+
 def _flags():
     """(compile flags, link flags) for this compiler."""
     if sys.platform == "win32":
-        return ["/O2", "/openmp"], []
-    flags = list(BASE_FLAGS) + [f for f in VECTOR_FLAGS if _compiler_accepts([f])]
-    wanted = os.environ.get("FASTLOSS_NO_OPENMP", "") in ("", "0")
-    if wanted and _compiler_accepts(["-fopenmp"], ["-fopenmp"], openmp=True):
-        return flags + ["-fopenmp"], ["-fopenmp"]
-    warnings.warn("fastloss: building without OpenMP; the C kernels will run serially",
-                  stacklevel=2)
-    return flags, []
+        return ["/O2"], []  # no pthreads: serial (see src/threads.c)
+    flags = list(BASE_FLAGS) + [f for f in SIMD_FLAGS + VECTOR_FLAGS if _compiler_accepts([f])]
+    if os.environ.get("FASTLOSS_NO_THREADS", "") not in ("", "0"):
+        return flags + ["-DFASTLOSS_NO_THREADS=1"], []
+    if _compiler_accepts(["-pthread"], ["-pthread"], PTHREAD_PROBE):
+        return flags + ["-pthread"], ["-pthread"]
+    warnings.warn("fastloss: no POSIX threads; the C kernels will run serially", stacklevel=2)
+    return flags + ["-DFASTLOSS_NO_THREADS=1"], []
 
 
 class BuildExt(build_ext):
@@ -94,10 +111,13 @@ class BuildExt(build_ext):
 def _extensions():
     from Cython.Build import cythonize
 
+    # the included .inc/.h files: an edit to any of them rebuilds the extension
+    depends = [os.path.join(EXT, "src", name) for name in sorted(os.listdir(
+        os.path.join(HERE, EXT, "src"))) if name.endswith((".inc", ".h"))] + [HEADER]
     ext = Extension("fastloss._ext._cython",
                     sources=[os.path.join(EXT, "_cython.pyx")] + C_SOURCES,
-                    include_dirs=INCLUDE)
+                    include_dirs=INCLUDE, depends=depends)
     return cythonize([ext], compiler_directives={"language_level": 3})
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
+setup(version=version(), ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

@@ -4,10 +4,13 @@
     python -m pytest benches/test_kernel_parts.py --benchmark-enable --benchmark-only
 
 group exp-loop: vexp vs np.exp inside a Numba loop (np.exp is a scalar libm call there);
-group max-loop: the max on integer order keys vs the plain float max loop.
+group max-loop: the max on integer order keys vs the plain float max loop;
+group tanh-loop: vtanh (cross-entropy's softcap on the CPU) vs math.tanh, in float64.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -54,3 +57,27 @@ def test_max_loop(benchmark, impl):
     benchmark.group = "max-loop"
     impl(ROW)
     assert benchmark(impl, ROW) == ROW.max()
+
+
+ROW64 = ROW.astype(np.float64) * 5.0
+
+
+@numba.njit(fastmath=nm.FASTMATH)
+def _tanh_vtanh(row, out):
+    for j in range(row.shape[0]):
+        out[j] = nm.vtanh(row[j])
+
+
+@numba.njit(fastmath=nm.FASTMATH)
+def _tanh_math(row, out):
+    for j in range(row.shape[0]):
+        out[j] = math.tanh(row[j])
+
+
+@pytest.mark.parametrize("impl", [_tanh_vtanh, _tanh_math], ids=["vtanh", "math.tanh"])
+def test_tanh_loop(benchmark, impl):
+    benchmark.group = "tanh-loop"
+    out = np.empty_like(ROW64)
+    impl(ROW64, out)
+    benchmark(impl, ROW64, out)
+    np.testing.assert_allclose(out, np.tanh(ROW64), rtol=0, atol=2.5e-16)

@@ -15,17 +15,15 @@ import numpy as np
 import pytest
 
 import fastloss
+from fastloss._bench import ALL_LOSSES as LOSSES
 from fastloss._registry import CASES_BY_ID
 
-LOSSES = ["cross_entropy[index]", "binary_cross_entropy_with_logits[plain]",
-          "softmax_mse[index]", "kl_divergence[probs]", "entropy[plain]", "mse_loss[plain]"]
 FULL_SHAPES = [(65536, 10), (8192, 1000), (2048, 32768), (512, 128256)]
 SMOKE_SHAPES = [(64, 10), (8, 1000)]
 DTYPES = ["float32", "float64"]
 BACKENDS = [b for b, s in fastloss.backends().items() if s == "available" and b != "cuda"]
-TORCH_LOSSES = {"cross_entropy", "binary_cross_entropy_with_logits", "mse_loss"}
 PAIRS = [(loss, impl) for loss in LOSSES for impl in ["copy", *BACKENDS, "torch"]
-         if impl != "torch" or CASES_BY_ID[loss].loss in TORCH_LOSSES]
+         if impl != "torch" or CASES_BY_ID[loss].spec.torch is not None]
 
 
 def _shapes(config):
@@ -42,15 +40,13 @@ def pytest_generate_tests(metafunc):
 
 def _torch_fused(case, logits, args):
     torch = pytest.importorskip("torch")
-    F = torch.nn.functional
-    fns = {"cross_entropy": F.cross_entropy, "binary_cross_entropy_with_logits":
-           F.binary_cross_entropy_with_logits, "mse_loss": F.mse_loss}
     x = torch.from_numpy(logits).requires_grad_()
-    targets = [torch.from_numpy(np.asarray(a)) for a in args]
+    target = torch.from_numpy(np.asarray(args[0])) if args else None
+    options = case.options({})
 
     def run():
         x.grad = None
-        fns[case.loss](x, *targets).backward()
+        case.spec.torch(torch, x, target, options, case.spec.default_reduction).backward()
     return run
 
 

@@ -1,8 +1,8 @@
 """fastloss: fused softmax cross-entropy and friends, forward and backward in one pass.
 
 Every loss takes raw logits (classes on the last axis) and has a forward form and a fused
-``*_with_grad`` form returning ``(loss, grad)``.  See ``fastloss.reference`` for the math and
-``fastloss.backends()`` for where it can run.
+``*_with_grad`` form returning ``(loss, grad)``.  See ``fastloss.reference`` for the math,
+``fastloss.backends()`` for where it can run, and ``docs/design.md`` for the design.
 """
 
 from ._api import (
@@ -23,9 +23,9 @@ from ._api import (
     softmax_mse_with_grad,
 )
 from ._backends import backends
-from ._capi import get_include, get_lib_dir
+from ._capi import get_include, get_lib_dir, header_version
 
-__version__ = "0.1.0"
+__version__ = header_version()
 
 __all__ = [
     "backends",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _backends
+from . import _backends, _losses
 from . import _validate as V
 
 __all__ = [
@@ -40,150 +40,147 @@ def _compute_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
-def _rows(a: np.ndarray, n_cols: int, dtype: np.dtype):
-    """A C-contiguous (rows, n_cols) view or copy of ``a`` in ``dtype``."""
-    return np.ascontiguousarray(a, dtype=dtype).reshape(-1, n_cols)
-
-
 @dataclass
 class _Call:
-    """What every loss call shares once its own arguments have been validated."""
+    """What a call shares once its arguments have been validated."""
 
-    logits: np.ndarray
+    logits: object  # the user's array, validated
     reduction: str
     loss_shape: tuple  # shape of the unreduced loss
-    want_grad: bool
-    grad_output: np.ndarray | None
-    out: np.ndarray | None
-    backend: str
-    module: object
-    n_threads: int | None
+    module: object  # the backend (fastloss._protocol.Kernels)
+    n_threads: int
 
     @property
     def n_cols(self) -> int:
         return tuple(self.logits.shape)[-1] if self.logits.ndim else 1
 
     @property
+    def n_rows(self) -> int:
+        return self.logits.size // self.n_cols if self.n_cols else 0
+
+    @property
     def dtype(self) -> np.dtype:
         return _compute_dtype(self.logits.dtype)
 
-    @property
-    def device(self) -> bool:
-        return V.is_device_array(self.logits)
-
-    def rows(self, a) -> np.ndarray:
-        if V.is_device_array(a):
-            return self.module.rows(a, self.n_cols)
-        return _rows(a, self.n_cols, self.dtype)
+    def rows(self, a):
+        """``a`` as the backend's C-contiguous (rows, C) array in the compute dtype."""
+        return self.module.as_rows(a, self.n_cols, self.dtype)
 
 
-def _common(logits, reduction, want_grad, grad_output, out, backend, n_threads, *,
-            loss_shape, reductions=V.REDUCTIONS) -> _Call:
-    reduction = V.reduction(reduction, reductions)
+def _setup(spec, logits, reduction, backend, n_threads) -> _Call:
+    logits = V.floating(logits, spec.input_name, min_ndim=0 if spec.elementwise else 1)
+    reduction = V.reduction(reduction, spec.reductions)
+    shape = tuple(logits.shape)
+    n_threads = V.n_threads(n_threads) or _backends.default_threads()
+    V.supported_on_device(logits, spec.input_name)
+    _, module = _backends.resolve(backend, device=V.is_device_array(logits))
+    return _Call(logits, reduction, shape if spec.elementwise else shape[:-1], module,
+                 n_threads)
+
+
+def _loss(name, want_grad, logits, target, options, reduction, backend, n_threads,
+          grad_output=None, out=None, return_z_loss=False):
+    """Every public loss function: validate -> backend -> kernel -> reduce (one driver)."""
+    spec = _losses.get(name)
+    call = _setup(spec, logits, reduction, backend, n_threads)
+    o = {option.name: option.check(options[option.name]) for option in spec.options}
     if want_grad:
-        grad_output = V.grad_output(grad_output, reduction, loss_shape)
-        out = V.out_array(out, logits)
-    n_threads = V.n_threads(n_threads)
-    device = V.is_device_array(logits)
-    if device and logits.dtype == np.float16:
-        raise TypeError("float16 GPU arrays are not supported; use float32 or float64")
-    name, module = _backends.resolve(backend, device=device)
-    return _Call(logits, reduction, tuple(loss_shape), want_grad, grad_output, out, name,
-                 module, n_threads)
-
-
-def _run(call: _Call, kernel: str, x: np.ndarray, args: tuple, denominator: float,
-         *, elementwise: bool = False):
-    """Run ``kernel`` on the (N, C) rows ``x``, reduce the loss, scale and return the grad."""
+        grad_output = V.grad_output(grad_output, call.reduction, call.loss_shape)
+        out = V.out_array(out, call.logits)
+    prepared = spec.prepare(call, call.logits, target, o)
+    x = call.rows(call.logits)
     n_rows, n_cols = x.shape
+    mean = call.reduction in ("mean", "batchmean")
     # Python floats: 1/0 is inf here (every target ignored: the loss is 0 * inf = NaN, as in
     # PyTorch, and the kernels write 0 gradients for ignored rows whatever the scale)
+    denominator = prepared.denominator
     inv_denominator = 1.0 / denominator if denominator else math.inf
-    scale = None
-    if call.want_grad:
-        go = call.grad_output
+
+    scale = grad = None
+    grad_is_out = False
+    if want_grad:
+        go = grad_output
         if go.ndim == 0:
-            value = float(go) * (inv_denominator if call.reduction == "mean" else 1.0)
-            scale = (np.broadcast_to(np.float64(value), (n_rows, n_cols)) if elementwise
+            value = float(go) * (inv_denominator if mean else 1.0)
+            scale = (np.broadcast_to(np.float64(value), (n_rows, n_cols)) if spec.elementwise
                      else np.full(n_rows, value))
-        elif elementwise:
-            scale = go.reshape(n_rows, n_cols)
         else:
-            scale = np.ascontiguousarray(go.reshape(-1))
-    loss_rows = np.empty((n_rows, n_cols) if elementwise and call.reduction == "none"
+            scale = go.reshape(n_rows, n_cols) if spec.elementwise else \
+                np.ascontiguousarray(go.reshape(-1))
+        grad_is_out = out is not None and out.dtype == x.dtype
+        grad = call.rows(out) if grad_is_out else call.module.empty((n_rows, n_cols), x.dtype)
+    loss_rows = np.empty((n_rows, n_cols) if spec.elementwise and call.reduction == "none"
                          else (n_rows,))
-    grad = None
-    if call.want_grad:
-        if call.out is not None and call.out.dtype == x.dtype:
-            grad = call.rows(call.out) if call.device else call.out.reshape(n_rows, n_cols)
-        elif call.device:
-            grad = call.module.empty((n_rows, n_cols), x.dtype)
-        else:
-            grad = np.empty((n_rows, n_cols), dtype=x.dtype)
-    with call.module.thread_limit(call.n_threads):
-        getattr(call.module, kernel)(x, *args, scale, loss_rows, grad)
 
-    result_type = call.logits.dtype.type
-    if call.reduction == "none":
-        loss = loss_rows.reshape(call.loss_shape).astype(call.logits.dtype)
+    kernel = getattr(call.module, spec.kernel)
+    if spec.z_loss:
+        z_loss = o["z_loss"]
+        counted = prepared.counted_rows
+        # the z-term is averaged over the counted rows, the CE term by its own denominator
+        z_grad = z_loss * (denominator / counted if mean and counted else 1.0)
+        lse = np.empty(n_rows) if (z_loss or return_z_loss) else None
+        kernel(x, *prepared.kernel_args, z_grad, scale, loss_rows, lse, grad, call.n_threads)
+        z_rows = None if lse is None else (z_loss * lse * lse if z_loss else np.zeros(n_rows))
     else:
-        total = float(np.sum(loss_rows, dtype=np.float64))
-        loss = result_type(total * inv_denominator if call.reduction == "mean" else total)
-    if not call.want_grad:
-        return loss
-    return loss, _finish_grad(call, grad)
+        kernel(x, *prepared.kernel_args, scale, loss_rows, grad, call.n_threads)
+        z_rows = None
+
+    loss = _reduce(call, loss_rows, inv_denominator)
+    z_term = None
+    if z_rows is not None:
+        z_term = _reduce(call, z_rows, 1.0 / counted if counted else math.nan)
+        loss = loss + z_term
+    results = [_as_result(call, loss)]
+    if return_z_loss:
+        results.append(_as_result(call, z_term))
+    if want_grad:
+        results.append(_finish_grad(call, grad, out, grad_is_out))
+    return results[0] if len(results) == 1 else tuple(results)
 
 
-def _finish_grad(call: _Call, grad: np.ndarray) -> np.ndarray:
-    shape = tuple(call.logits.shape)
-    if call.device:  # the gradient stays on the GPU, as the logits
-        return call.out if call.out is not None else grad.reshape(shape)
-    if call.out is None:
-        return grad.reshape(shape).astype(call.logits.dtype, copy=False)
-    if not np.shares_memory(grad, call.out):
-        call.out[...] = grad.reshape(shape)
-    return call.out
+def _reduce(call, rows, inv_denominator):
+    """Unreduced float64 values -> the float64 loss: a fixed-order sum, then the mean."""
+    if call.reduction == "none":
+        return rows.reshape(call.loss_shape)
+    total = float(np.sum(rows, dtype=np.float64))
+    return total * inv_denominator if call.reduction in ("mean", "batchmean") else total
+
+
+def _as_result(call, value):
+    """The float64 loss, rounded once to the logits' dtype."""
+    dtype = call.logits.dtype
+    return value.astype(dtype) if call.reduction == "none" else dtype.type(value)
+
+
+def _finish_grad(call, grad, out, grad_is_out):
+    if grad_is_out:
+        return out
+    grad = grad.reshape(tuple(call.logits.shape))
+    if out is not None:  # a float16 out: the float32 gradient, rounded
+        out[...] = grad
+        return out
+    return grad if grad.dtype == call.logits.dtype else grad.astype(call.logits.dtype)
+
+
+def _transform(name, logits, backend, n_threads):
+    call = _setup(_losses.get("entropy"), logits, "none", backend, n_threads)
+    x = call.rows(call.logits)
+    per_row = _losses.TRANSFORMS[name]
+    result = np.empty(x.shape[0] if per_row else x.shape,
+                      dtype=np.float64 if per_row else x.dtype)
+    getattr(call.module, name)(x, result, call.n_threads)
+    shape = call.loss_shape if per_row else tuple(call.logits.shape)
+    return result.reshape(shape).astype(call.logits.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
 # cross-entropy
 
 
-def _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
-                   backend, n_threads, want_grad, grad_output=None, out=None):
-    logits = V.floating(logits, "logits", min_ndim=1)
-    n_classes = tuple(logits.shape)[-1]
-    eps = V.label_smoothing(label_smoothing)
-    ignore_index = V.integer(ignore_index, "ignore_index")
-    w = V.class_weight(weight, n_classes)
-    soft = V.is_probability_target(target, logits)
-    if soft:
-        if ignore_index != -100:
-            raise ValueError(
-                f"ignore_index={ignore_index} cannot be used with probability targets "
-                f"(target has the logits' shape {tuple(logits.shape)})"
-            )
-        target = V.same_shape(target, logits, "target")
-    else:
-        target = V.class_target(target, logits, ignore_index)
-    call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=tuple(logits.shape)[:-1])
-
-    x = call.rows(logits)
-    weights = np.ones(n_classes) if w is None else w
-    if soft:
-        t = call.rows(target)
-        denominator = x.shape[0]  # PyTorch: the number of rows
-    else:
-        t = target
-        counted = t != ignore_index
-        # PyTorch: the sum of the weights of the non-ignored targets
-        denominator = weights[t[counted]].sum() if w is not None else np.count_nonzero(counted)
-    return _run(call, "ce", x, (t, weights, ignore_index, eps), denominator)
-
-
 def cross_entropy(logits, target, *, weight=None, ignore_index: int = -100,
-                  label_smoothing: float = 0.0, reduction: str = "mean",
+                  label_smoothing: float = 0.0, z_loss: float = 0.0,
+                  softcap: float | None = None, temperature: float = 1.0,
+                  reduction: str = "mean", return_z_loss: bool = False,
                   backend: str = "auto", n_threads: int | None = None):
     r"""Softmax cross-entropy between logits and class indices or class probabilities.
 
@@ -210,9 +207,21 @@ def cross_entropy(logits, target, *, weight=None, ignore_index: int = -100,
         of the mean's denominator (class indices only).
     label_smoothing : float in [0, 1], default 0
         Mass moved from the target to the uniform distribution.
+    z_loss : float >= 0, default 0
+        Adds ``z_loss * lse_i**2`` for every counted row, ``lse_i`` the log-sum-exp of the
+        (transformed) row (PaLM's z-loss; ``lse_square_scale`` in flash-attn).  ``"mean"``
+        averages this term over the counted rows.
+    softcap : float > 0, optional
+        Logits become ``softcap * tanh(logits / softcap)`` before the softmax (Gemma 2 uses
+        30).  A ``-inf`` logit stays ``-inf``: an impossible class stays impossible.
+    temperature : float > 0, default 1
+        Logits (after the cap) are divided by it.
     reduction : {"mean", "sum", "none"}
         ``"mean"`` divides by the sum of the weights of the non-ignored targets (class
         indices) or by the number of rows (probabilities).
+    return_z_loss : bool, default False
+        Also return the z-term alone, reduced like the loss (for logging):
+        ``(loss, z_term)``, and ``(loss, z_term, grad)`` for the fused form.
     backend : {"auto", "numpy", "numba", "cython", "cuda"}
         Where to compute; ``"auto"`` reads ``$FASTLOSS_BACKEND`` or picks the fastest.
     n_threads : int, optional
@@ -220,7 +229,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index: int = -100,
 
     Returns
     -------
-    loss : scalar of the logits' dtype, or array of shape ``logits.shape[:-1]`` for "none".
+    loss : scalar of the logits' dtype, or array of shape ``logits.shape[:-1]`` for "none"
+        (the z-term included).
 
     Examples
     --------
@@ -228,24 +238,34 @@ def cross_entropy(logits, target, *, weight=None, ignore_index: int = -100,
     >>> logits = np.log(np.array([[0.8, 0.1, 0.1], [0.5, 0.3, 0.2]]))
     >>> fastloss.cross_entropy(logits, np.array([0, 0]), reduction="none", backend="numpy")
     array([0.22314355, 0.69314718])
+    >>> loss, z = fastloss.cross_entropy(logits, np.array([0, 0]), z_loss=1e-4,
+    ...                                  return_z_loss=True, backend="numpy")
+    >>> print(float(z))   # log-probabilities: every row's log-sum-exp is 0
+    0.0
     """
-    return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
-                          backend, n_threads, want_grad=False)
+    return _loss("cross_entropy", False, logits, target, locals(), reduction, backend,
+                 n_threads, return_z_loss=return_z_loss)
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index: int = -100,
-                            label_smoothing: float = 0.0, reduction: str = "mean",
+                            label_smoothing: float = 0.0, z_loss: float = 0.0,
+                            softcap: float | None = None, temperature: float = 1.0,
+                            reduction: str = "mean", return_z_loss: bool = False,
                             grad_output=None, out=None, backend: str = "auto",
                             n_threads: int | None = None):
     r"""Cross-entropy and its gradient with respect to the logits, in one fused pass.
 
     The gradient of row :math:`i` is :math:`A_i\,\operatorname{softmax}(x_i) - a_i` with
     :math:`A_i = \sum_c a_{ic}` (see :func:`cross_entropy` for :math:`a`), times
-    ``grad_output`` and divided by the mean's denominator when ``reduction="mean"``.
+    ``grad_output`` and divided by the mean's denominator when ``reduction="mean"``; the
+    z-term adds :math:`2 \lambda L_i p_i`, and ``softcap`` / ``temperature`` multiply by the
+    derivative of the transform (see :func:`fastloss.reference.cross_entropy`).
 
     Parameters
     ----------
-    logits, target, weight, ignore_index, label_smoothing, reduction, backend, n_threads
+    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, temperature
+        As for :func:`cross_entropy`.
+    reduction, return_z_loss, backend, n_threads
         As for :func:`cross_entropy`.
     grad_output : scalar or array, optional
         Upstream gradient: a scalar for "mean"/"sum", an array of the loss's shape for
@@ -267,28 +287,12 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index: int = 
     >>> print(round(float(loss), 6), np.round(grad, 6))
     0.223144 [[-0.2  0.1  0.1]]
     """
-    return _cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction,
-                          backend, n_threads, want_grad=True, grad_output=grad_output, out=out)
+    return _loss("cross_entropy", True, logits, target, locals(), reduction, backend,
+                 n_threads, grad_output, out, return_z_loss)
 
 
 # --------------------------------------------------------------------------------------------
 # binary cross-entropy with logits
-
-
-def _bce(logits, target, weight, pos_weight, reduction, backend, n_threads, want_grad,
-         grad_output=None, out=None):
-    logits = V.floating(logits, "logits")
-    target = V.same_shape(target, logits, "target")
-    w = V.broadcast_weight(weight, logits, "weight")
-    n_cols = tuple(logits.shape)[-1] if logits.ndim else 1
-    pw = V.class_vector(pos_weight, n_cols, "pos_weight")
-    call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=tuple(logits.shape))
-    x = call.rows(logits)
-    t = call.rows(target)
-    if w is not None:
-        w = np.broadcast_to(w, tuple(logits.shape)).reshape(x.shape)
-    return _run(call, "bce", x, (t, w, pw), logits.size, elementwise=True)
 
 
 def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
@@ -326,7 +330,8 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     >>> round(float(fastloss.binary_cross_entropy_with_logits(logits, np.array([1.0]))), 6)
     0.223144
     """
-    return _bce(logits, target, weight, pos_weight, reduction, backend, n_threads, False)
+    return _loss("binary_cross_entropy_with_logits", False, logits, target, locals(),
+                 reduction, backend, n_threads)
 
 
 def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
@@ -350,30 +355,12 @@ def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, p
     >>> print(round(float(loss), 6), grad)
     1.386294 [-0.5  0.5]
     """
-    return _bce(logits, target, weight, pos_weight, reduction, backend, n_threads, True,
-                grad_output, out)
+    return _loss("binary_cross_entropy_with_logits", True, logits, target, locals(),
+                 reduction, backend, n_threads, grad_output, out)
 
 
 # --------------------------------------------------------------------------------------------
 # softmax MSE (Brier score), KL divergence, entropy
-
-
-def _softmax_target(target, logits):
-    """Class indices (flat int64) or probabilities of the logits' shape."""
-    if V.is_probability_target(target, logits):
-        return V.same_shape(target, logits, "target"), True
-    return V.class_target(target, logits, None), False
-
-
-def _softmax_mse(logits, target, reduction, backend, n_threads, want_grad, grad_output=None,
-                 out=None):
-    logits = V.floating(logits, "logits", min_ndim=1)
-    target, soft = _softmax_target(target, logits)
-    call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=tuple(logits.shape)[:-1])
-    x = call.rows(logits)
-    t = call.rows(target) if soft else target
-    return _run(call, "softmax_mse", x, (t,), x.shape[0])
 
 
 def softmax_mse(logits, target, *, reduction: str = "mean", backend: str = "auto",
@@ -402,7 +389,7 @@ def softmax_mse(logits, target, *, reduction: str = "mean", backend: str = "auto
     >>> round(float(fastloss.softmax_mse(logits, np.array([0]))), 6)
     0.06
     """
-    return _softmax_mse(logits, target, reduction, backend, n_threads, False)
+    return _loss("softmax_mse", False, logits, target, locals(), reduction, backend, n_threads)
 
 
 def softmax_mse_with_grad(logits, target, *, reduction: str = "mean", grad_output=None,
@@ -423,27 +410,8 @@ def softmax_mse_with_grad(logits, target, *, reduction: str = "mean", grad_outpu
     >>> print(float(loss), grad)
     0.5 [[-0.5  0.5]]
     """
-    return _softmax_mse(logits, target, reduction, backend, n_threads, True, grad_output, out)
-
-
-def _kl(logits, target, log_target, reduction, backend, n_threads, want_grad, grad_output=None,
-        out=None):
-    logits = V.floating(logits, "logits", min_ndim=1)
-    target = V.same_shape(target, logits, "target")
-    log_target = V.boolean(log_target, "log_target")
-    call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=tuple(logits.shape)[:-1],
-                   reductions=V.REDUCTIONS + ("batchmean",))
-    x = call.rows(logits)
-    t = call.rows(target)
-    # PyTorch's kl_div: "mean" divides by every element, "batchmean" by the first dimension.
-    if call.reduction == "mean":
-        denominator = logits.size
-    else:
-        denominator = tuple(logits.shape)[0] if logits.ndim > 1 else 1
-    if call.reduction == "batchmean":
-        call.reduction = "mean"
-    return _run(call, "kl", x, (t, log_target), denominator)
+    return _loss("softmax_mse", True, logits, target, locals(), reduction, backend, n_threads,
+                 grad_output, out)
 
 
 def kl_divergence(logits, target, *, log_target: bool = False, reduction: str = "batchmean",
@@ -475,7 +443,8 @@ def kl_divergence(logits, target, *, log_target: bool = False, reduction: str = 
     >>> round(float(fastloss.kl_divergence(np.log([[0.8, 0.2]]), t)), 6)
     0.223144
     """
-    return _kl(logits, target, log_target, reduction, backend, n_threads, False)
+    return _loss("kl_divergence", False, logits, target, locals(), reduction, backend,
+                 n_threads)
 
 
 def kl_divergence_with_grad(logits, target, *, log_target: bool = False,
@@ -493,16 +462,8 @@ def kl_divergence_with_grad(logits, target, *, log_target: bool = False,
     >>> print(round(float(loss), 6), grad)
     0.693147 [[-0.5  0.5]]
     """
-    return _kl(logits, target, log_target, reduction, backend, n_threads, True, grad_output,
-               out)
-
-
-def _entropy(logits, reduction, backend, n_threads, want_grad, grad_output=None, out=None):
-    logits = V.floating(logits, "logits", min_ndim=1)
-    call = _common(logits, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=tuple(logits.shape)[:-1])
-    x = call.rows(logits)
-    return _run(call, "entropy", x, (), x.shape[0])
+    return _loss("kl_divergence", True, logits, target, locals(), reduction, backend,
+                 n_threads, grad_output, out)
 
 
 def entropy(logits, *, reduction: str = "mean", backend: str = "auto",
@@ -527,7 +488,7 @@ def entropy(logits, *, reduction: str = "mean", backend: str = "auto",
     >>> round(float(fastloss.entropy(np.zeros((1, 4)))), 6)   # log 4
     1.386294
     """
-    return _entropy(logits, reduction, backend, n_threads, False)
+    return _loss("entropy", False, logits, None, locals(), reduction, backend, n_threads)
 
 
 def entropy_with_grad(logits, *, reduction: str = "mean", grad_output=None, out=None,
@@ -543,20 +504,12 @@ def entropy_with_grad(logits, *, reduction: str = "mean", grad_output=None, out=
     >>> print(np.abs(grad).max())   # the uniform distribution is a maximum
     0.0
     """
-    return _entropy(logits, reduction, backend, n_threads, True, grad_output, out)
+    return _loss("entropy", True, logits, None, locals(), reduction, backend, n_threads,
+                 grad_output, out)
 
 
 # --------------------------------------------------------------------------------------------
 # mean squared error
-
-
-def _mse(input, target, reduction, backend, n_threads, want_grad, grad_output=None, out=None):
-    input = V.floating(input, "input")
-    target = V.same_shape(target, input, "target", "input")
-    call = _common(input, reduction, want_grad, grad_output, out, backend, n_threads,
-                   loss_shape=tuple(input.shape))
-    return _run(call, "mse", call.rows(input), (call.rows(target),), input.size,
-                elementwise=True)
 
 
 def mse_loss(input, target, *, reduction: str = "mean", backend: str = "auto",
@@ -571,7 +524,7 @@ def mse_loss(input, target, *, reduction: str = "mean", backend: str = "auto",
     >>> float(fastloss.mse_loss(np.array([1.0, 2.0]), np.array([0.0, 0.0])))
     2.5
     """
-    return _mse(input, target, reduction, backend, n_threads, False)
+    return _loss("mse_loss", False, input, target, locals(), reduction, backend, n_threads)
 
 
 def mse_loss_with_grad(input, target, *, reduction: str = "mean", grad_output=None, out=None,
@@ -585,23 +538,12 @@ def mse_loss_with_grad(input, target, *, reduction: str = "mean", grad_output=No
     >>> print(float(loss), grad)
     2.5 [1. 2.]
     """
-    return _mse(input, target, reduction, backend, n_threads, True, grad_output, out)
+    return _loss("mse_loss", True, input, target, locals(), reduction, backend, n_threads,
+                 grad_output, out)
 
 
 # --------------------------------------------------------------------------------------------
 # softmax, log_softmax, logsumexp
-
-
-def _transform(kernel, logits, backend, n_threads, *, per_row: bool):
-    logits = V.floating(logits, "logits", min_ndim=1)
-    call = _common(logits, "none", False, None, None, backend, n_threads,
-                   loss_shape=tuple(logits.shape)[:-1])
-    x = call.rows(logits)
-    result = np.empty(x.shape[0] if per_row else x.shape, dtype=np.float64 if per_row else x.dtype)
-    with call.module.thread_limit(call.n_threads):
-        getattr(call.module, kernel)(x, result)
-    shape = tuple(logits.shape)[:-1] if per_row else tuple(logits.shape)
-    return result.reshape(shape).astype(logits.dtype, copy=False)
 
 
 def softmax(logits, *, backend: str = "auto", n_threads: int | None = None) -> np.ndarray:
@@ -613,7 +555,7 @@ def softmax(logits, *, backend: str = "auto", n_threads: int | None = None) -> n
     >>> fastloss.softmax(np.log(np.array([[1.0, 3.0]])))
     array([[0.25, 0.75]])
     """
-    return _transform("softmax", logits, backend, n_threads, per_row=False)
+    return _transform("softmax", logits, backend, n_threads)
 
 
 def log_softmax(logits, *, backend: str = "auto", n_threads: int | None = None) -> np.ndarray:
@@ -625,7 +567,7 @@ def log_softmax(logits, *, backend: str = "auto", n_threads: int | None = None) 
     >>> np.exp(fastloss.log_softmax(np.log(np.array([[1.0, 3.0]]))))
     array([[0.25, 0.75]])
     """
-    return _transform("log_softmax", logits, backend, n_threads, per_row=False)
+    return _transform("log_softmax", logits, backend, n_threads)
 
 
 def logsumexp(logits, *, backend: str = "auto", n_threads: int | None = None) -> np.ndarray:
@@ -637,4 +579,4 @@ def logsumexp(logits, *, backend: str = "auto", n_threads: int | None = None) ->
     >>> fastloss.logsumexp(np.array([[1000.0, 1000.0]])) - 1000.0
     array([0.69314718])
     """
-    return _transform("logsumexp", logits, backend, n_threads, per_row=True)
+    return _transform("logsumexp", logits, backend, n_threads)

@@ -1,8 +1,8 @@
 """The registry of backends: which exist, which are available here and why not, and "auto".
 
-A backend is a module implementing the row-kernel protocol of :mod:`fastloss._numpy_kernels`
-(the NumPy reference behind that same protocol).  Backends are imported lazily, on first use,
-so ``import fastloss`` stays light.
+A backend is a module implementing the kernel protocol of :mod:`fastloss._protocol`
+(:mod:`fastloss._numpy_kernels` is the NumPy reference behind it).  Backends are imported
+lazily, on first use, so ``import fastloss`` stays light.
 """
 
 from __future__ import annotations
@@ -64,6 +64,19 @@ def _check_name(name, source: str) -> str:
     return name
 
 
+def default_threads() -> int:
+    """``n_threads=None``: every core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_cpu() -> str:
+    """The CPU backend ``"auto"`` picks (``$FASTLOSS_BACKEND`` aside): the fastest available."""
+    return next(n for n in CPU_PREFERENCE if available(n))
+
+
 def resolve(backend, *, device: bool = False) -> tuple[str, ModuleType]:
     """The name and module of the backend a call runs on.
 
@@ -79,7 +92,7 @@ def resolve(backend, *, device: bool = False) -> tuple[str, ModuleType]:
         if device:
             name = "cuda"
         else:
-            name = next(n for n in CPU_PREFERENCE if available(n))
+            name = auto_cpu()
     module, reason = _load(name)
     if module is None:
         raise ValueError(f"backend {name!r} is not available: {reason}")

@@ -19,15 +19,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import _backends
-from ._registry import CASES_BY_ID
+from . import _backends, _losses
+from ._registry import CASES, CASES_BY_ID
 
 DEFAULT_SHAPES = [(65536, 10), (8192, 1000), (2048, 32768), (512, 128256)]
 GPU_SHAPES = [(8192, 128256), (2048, 32768), (65536, 10)]
 QUICK_SHAPES = [(512, 10), (64, 1000)]
-DEFAULT_LOSSES = ["cross_entropy[index]"]
-ALL_LOSSES = ["cross_entropy[index]", "binary_cross_entropy_with_logits[plain]",
-              "softmax_mse[index]", "kl_divergence[probs]", "entropy[plain]", "mse_loss[plain]"]
+# the first case of each loss in the table: its plainest variant
+ALL_LOSSES = [next(c.id for c in CASES if c.loss == name) for name in _losses.LOSSES]
+DEFAULT_LOSSES = ALL_LOSSES[:1]
 TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12)}
 
 
@@ -85,57 +85,60 @@ def _agrees(result, reference, dtype: str) -> str:
 
 # ------------------------------------------------------------------------------------ peers
 
-def _torch_peer(case, logits, args, mode, threads):
+def _torch_peer(case, logits, args, mode, threads, device="cpu"):
+    """The loss in PyTorch, default options, the loss's default reduction (the table's peer)."""
     try:
         import torch
     except ImportError:
         return None
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
     if threads:
         torch.set_num_threads(threads)
-    F = torch.nn.functional
-    x = torch.from_numpy(logits)
-    targets = [torch.from_numpy(np.asarray(a)) for a in args]
-    fns = {
-        "cross_entropy": lambda x, t: F.cross_entropy(x, t),
-        "binary_cross_entropy_with_logits": lambda x, t: F.binary_cross_entropy_with_logits(x, t),
-        "mse_loss": lambda x, t: F.mse_loss(x, t),
-        "kl_divergence": lambda x, t: F.kl_div(torch.log_softmax(x, -1), t,
-                                               reduction="batchmean"),
-    }
-    if case.loss not in fns:
-        return None
-    loss_fn = fns[case.loss]
+    spec = case.spec
+    x = torch.tensor(logits, device=device)
+    targets = [torch.tensor(np.asarray(a), device=device) for a in args]
+
+    def loss_fn(x):
+        return spec.torch(torch, x, targets[0] if targets else None, case.options({}),
+                          spec.default_reduction)
+
+    def synced(result):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return result
+
     if mode == "forward":
         def run():
             with torch.no_grad():
-                return (loss_fn(x, *targets).numpy(),)
+                return synced((loss_fn(x).cpu().numpy(),))
         return run
 
     leaf = x.clone().requires_grad_()
 
     def run_fused():
         leaf.grad = None
-        loss = loss_fn(leaf, *targets)
+        loss = loss_fn(leaf)
         loss.backward()
-        return loss.detach().numpy(), leaf.grad.numpy()
+        return synced((loss.detach().cpu().numpy(), leaf.grad.cpu().numpy()))
     return run_fused
 
 
 def _jax_peer(case, logits, args, mode, threads):
-    if case.loss != "cross_entropy":
+    """The loss as a JAX user writes it (optax where it has the loss), under ``jit``."""
+    if case.spec.jax is None:
         return None
     try:
         import jax
         import jax.numpy as jnp
-        import optax
     except ImportError:
         return None
     jax.config.update("jax_enable_x64", logits.dtype == np.float64)
     x = jnp.asarray(logits)
-    y = jnp.asarray(args[0])
+    target = jnp.asarray(args[0]) if args else None
 
     def loss_fn(x):
-        return optax.softmax_cross_entropy_with_integer_labels(x, y).mean()
+        return case.spec.jax(jnp, x, target)
 
     if mode == "forward":
         f = jax.jit(loss_fn)
@@ -150,14 +153,15 @@ def _jax_peer(case, logits, args, mode, threads):
 
 # ------------------------------------------------------------------------------------ main
 
-def _limits():
+def _limits(threads=None):
     """Parallel copy / read of the logits, from Numba when it is here, else NumPy."""
+    n_threads = threads or _backends.default_threads()
     if _backends.available("numba"):
         from ._ext import numba_cpu
 
-        return numba_cpu.parallel_copy, numba_cpu.parallel_read
-    return (lambda s, d: np.copyto(d, s)), (lambda s, o: np.sum(s, axis=1, out=o))
-
+        return (lambda src, dst: numba_cpu.parallel_copy(src, dst, n_threads),
+                lambda src, out: numba_cpu.parallel_read(src, out, n_threads))
+    return (lambda src, dst: np.copyto(dst, src)), (lambda src, out: np.sum(src, axis=1, out=out))
 
 def _shapes(options, default):
     if options.quick:
@@ -195,7 +199,7 @@ def _backends_to_run(options):
 
 def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progress):
     """Time one (loss, mode, shape, dtype) on the limit, every backend and every peer."""
-    copy_fn, read_fn = _limits()
+    copy_fn, read_fn = _limits(options.threads)
     logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, np.dtype(dtype))
     nbytes = logits.nbytes * (2 if mode == "fused" else 1)
     label = f"{case.loss} {mode} {shape[0]}x{shape[1]} {dtype}"
@@ -286,7 +290,8 @@ def _run_gpu_workload(case, mode, shape, dtype, options, budget, progress):
     reference = _reference_result(case, mode, logits, args, kwargs)
     group.append(Result(case.loss, mode, shape, dtype, "cuda", t, n, w, nbytes,
                         _agrees(out, reference, dtype)))
-    torch_fn = None if options.no_peers else _torch_cuda_peer(case, logits, args, mode)
+    torch_fn = None if options.no_peers else _torch_peer(case, logits, args, mode, None,
+                                                         device="cuda")
     if torch_fn is not None:
         t, n, w, out = _timeit(torch_fn, budget)
         group.append(Result(case.loss, mode, shape, dtype, "torch-cuda", t, n, w, nbytes,
@@ -300,36 +305,10 @@ def _run_gpu_workload(case, mode, shape, dtype, options, budget, progress):
 
 def _reference_result(case, mode, logits, args, kwargs):
     """The check of a GPU result: the fastest CPU backend, itself checked by the tests."""
-    backend = next(b for b in ("cython", "numba", "numpy") if _backends.available(b))
+    backend = _backends.auto_cpu()
     if mode == "fused":
         return case.with_grad(logits, *args, **kwargs, backend=backend)
     return (case.forward(logits, *args, **kwargs, backend=backend),)
-
-
-def _torch_cuda_peer(case, logits, args, mode):
-    try:
-        import torch
-    except ImportError:
-        return None
-    if case.loss != "cross_entropy" or not torch.cuda.is_available():
-        return None
-    F = torch.nn.functional
-    x = torch.tensor(logits, device="cuda")
-    y = torch.tensor(np.asarray(args[0]), device="cuda")
-    leaf = x.clone().requires_grad_()
-
-    def run():
-        if mode == "forward":
-            with torch.no_grad():
-                loss = F.cross_entropy(x, y)
-            torch.cuda.synchronize()
-            return (loss.cpu().numpy(),)
-        leaf.grad = None
-        loss = F.cross_entropy(leaf, y)
-        loss.backward()
-        torch.cuda.synchronize()
-        return loss.detach().cpu().numpy(), leaf.grad.cpu().numpy()
-    return run
 
 
 def run(options, progress=None) -> list[Result]:
@@ -344,18 +323,18 @@ def run(options, progress=None) -> list[Result]:
         for dtype in _dtypes(options):
             for shape in _shapes(options, GPU_SHAPES):
                 for mode in ("forward", "fused"):
-                    results.extend(_run_gpu_workload(CASES_BY_ID["cross_entropy[index]"], mode,
+                    results.extend(_run_gpu_workload(CASES_BY_ID[DEFAULT_LOSSES[0]], mode,
                                                      shape, dtype, options, budget, progress))
     return results
 
 
 def machine_info(options) -> dict:
-    from .cli import cpu_description, thread_count
+    from ._machine import cpu_description, default_threads
 
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": "python -m fastloss " + " ".join(sys.argv[1:]),
             "python": platform.python_version(), "numpy": np.__version__,
-            "cpu": cpu_description(), "threads": options.threads or thread_count(),
+            "cpu": cpu_description(), "threads": options.threads or default_threads(),
             "backends": _backends.backends()}
     for module in ("numba", "torch", "jax"):
         try:

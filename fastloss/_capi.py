@@ -51,3 +51,17 @@ def print_config(args) -> int:
         parts.append(libs())
     print(" ".join(parts))
     return 0
+
+
+def header_version(path: str | None = None) -> str:
+    """The version written in ``fastloss.h`` (``FASTLOSS_VERSION_MAJOR/MINOR/PATCH``): the one
+    place the version is written; the package and the build read it from there."""
+    import re
+
+    with open(path or os.path.join(get_include(), "fastloss.h")) as f:
+        text = f.read()
+    parts = [re.search(rf"#define FASTLOSS_VERSION_{part}\s+(\d+)", text)
+             for part in ("MAJOR", "MINOR", "PATCH")]
+    if not all(parts):
+        raise RuntimeError("fastloss.h does not define FASTLOSS_VERSION_MAJOR/MINOR/PATCH")
+    return ".".join(m.group(1) for m in parts)

@@ -19,24 +19,47 @@ REDUCTIONS = ("mean", "sum", "none")
 def _describe(value) -> str:
     dtype = getattr(value, "dtype", None)
     if dtype is not None:
+        if isinstance(dtype, np.dtype) and not dtype.isnative:
+            return (f"an array of dtype {dtype} "
+                    f"({dtype.newbyteorder('=')} in non-native byte order)")
         return f"an array of dtype {dtype}"
     return f"{type(value).__name__} {value!r}"
 
 
 def _as_array(value, name: str) -> np.ndarray:
+    """A host array with the native byte order (a copy when ``value`` had the other one, so
+    the caller's array is never modified), or a GPU array viewed in place.
+
+    Masked arrays are refused: ``np.asarray`` would silently drop the mask.
+    """
     if is_device_array(value):
         try:
             from numba import cuda  # noqa: F401  (GPU arrays need numba-cuda)
         except ImportError:
             raise TypeError(f"{name} is a GPU array, which needs numba-cuda: "
                             "pip install 'fastloss[cuda]'") from None
-        return as_device_array(value)  # no copy: a view with NumPy-style dtype and shape
+        arr = as_device_array(value)  # no copy: a view with NumPy-style dtype and shape
+        if isinstance(arr.dtype, np.dtype) and not arr.dtype.isnative:
+            raise TypeError(f"{name} is a GPU array in non-native byte order "
+                            f"({arr.dtype}), which fastloss cannot read; convert it to "
+                            f"{arr.dtype.newbyteorder('=')} first")
+        return arr
+    # np.ma is imported lazily by NumPy: only look at it for ndarray subclasses
+    if (isinstance(value, np.ndarray) and type(value) is not np.ndarray
+            and isinstance(value, np.ma.MaskedArray)):
+        raise TypeError(
+            f"{name} is a masked array; masked arrays are not supported: the mask would be "
+            f"ignored; pass arr.filled(...) or select the valid rows, or use ignore_index "
+            f"for targets"
+        )
     try:
         arr = np.asarray(value)
     except Exception as exc:  # e.g. ragged lists
         raise TypeError(f"{name} must be array-like, got {type(value).__name__}: {exc}") from None
     if arr.dtype.kind in "OVSUMm":
         raise TypeError(f"{name} must be a numeric array, got {_describe(arr)}")
+    if not arr.dtype.isnative:  # e.g. ">f4" read from a file: same values, native copy
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 
@@ -60,9 +83,9 @@ def as_device_array(value):
 
 def floating(value, name: str, *, min_ndim: int = 0):
     """A float16/32/64 array; integer, bool, complex or object arrays are a TypeError."""
-    arr = _as_array(value, name)
+    arr = _as_array(value, name)  # host arrays come back in native byte order
     dtype = np.dtype(arr.dtype)
-    if dtype not in FLOAT_DTYPES:
+    if dtype.newbyteorder("=") not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a floating array (float16, float32 or float64), got {_describe(arr)}"
         )
@@ -78,7 +101,8 @@ def floating(value, name: str, *, min_ndim: int = 0):
 
 
 def real(value, name: str) -> np.ndarray:
-    """A real (bool, integer or floating) array."""
+    """A real (bool, integer or floating) array, in native byte order (``dtype.kind`` does
+    not depend on the byte order)."""
     arr = _as_array(value, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real numeric array, got {_describe(arr)}")
@@ -268,6 +292,7 @@ def out_array(out, logits) -> np.ndarray | None:
         return out
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    _as_array(out, "out")  # refuses masked arrays
     problems = []
     if tuple(out.shape) != tuple(logits.shape):
         problems.append(f"shape {out.shape} (expected {tuple(logits.shape)})")
@@ -289,3 +314,42 @@ def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
         a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
         and a.strides == b.strides
     )
+
+
+def _real_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    return float(value)
+
+
+def z_loss(value) -> float:
+    """The z-loss coefficient: a finite number >= 0."""
+    value = _real_number(value, "z_loss")
+    if not (value >= 0.0 and value != float("inf")):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def softcap(value) -> float | None:
+    """``None`` (no cap) or a finite number > 0."""
+    if value is None:
+        return None
+    value = _real_number(value, "softcap")
+    if not (value > 0.0 and value != float("inf")):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {value!r}")
+    return value
+
+
+def temperature(value) -> float:
+    """A finite number > 0."""
+    value = _real_number(value, "temperature")
+    if not (value > 0.0 and value != float("inf")):
+        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+    return value
+
+
+def supported_on_device(value, name: str) -> None:
+    """GPU arrays are computed in their own dtype: float16 ones are refused."""
+    if is_device_array(value) and value.dtype == np.float16:
+        raise TypeError(f"{name} is a float16 GPU array, which is not supported; "
+                        "use float32 or float64")

@@ -8,38 +8,12 @@ import platform
 import sys
 
 
-def cpu_description() -> dict:
-    """CPU model and the vector features that matter to the kernels."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and ":" in line:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    flags = set(line.split(":", 1)[1].split())
-                if flags and model:
-                    break
-    except OSError:
-        pass
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "neon", "asimd")
-    return {"model": model, "features": [f for f in wanted if f in flags],
-            "cores": os.cpu_count()}
-
-
-def thread_count() -> int:
-    try:
-        import numba
-
-        return numba.get_num_threads()
-    except ImportError:
-        return 1
-
-
 def cmd_info(args) -> int:
     import numpy as np
 
     import fastloss
+    from fastloss._backends import auto_cpu
+    from fastloss._machine import cpu_description, default_threads
 
     cpu = cpu_description()
     print(f"fastloss {fastloss.__version__}")
@@ -53,14 +27,11 @@ def cmd_info(args) -> int:
         print("numba    not installed")
     print(f"cpu      {cpu['model']}")
     print(f"features {' '.join(cpu['features']) or 'none detected'}")
-    print(f"threads  {thread_count()} of {cpu['cores']} cores")
+    print(f"threads  {default_threads()} of {cpu['cores']} cores")
     print("backends")
     for name, state in fastloss.backends().items():
         print(f"  {name:<7}{state}")
-    from fastloss._backends import CPU_PREFERENCE, available
-
-    auto = next(n for n in CPU_PREFERENCE if available(n))
-    print(f"auto     {os.environ.get('FASTLOSS_BACKEND') or auto} for NumPy arrays")
+    print(f"auto     {os.environ.get('FASTLOSS_BACKEND') or auto_cpu()} for NumPy arrays")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the backends under test and the tolerances of DESIGN.md section 2."""
+"""Shared fixtures: the backends under test and the tolerances of docs/design.md §5."""
 
 from __future__ import annotations
 

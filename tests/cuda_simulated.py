@@ -75,6 +75,31 @@ def test_edge_cases_on_the_gpu():
     assert np.isnan(mean) and g.shape == (0, 4)
 
 
+@pytest.mark.parametrize("options", [dict(softcap=5.0), dict(temperature=0.5, z_loss=1e-3),
+                                     dict(softcap=5.0, z_loss=1e-3, label_smoothing=0.1)],
+                         ids=["softcap", "temperature,z_loss", "softcap,z_loss,smoothing"])
+def test_options_edge_cases_on_the_gpu(options):
+    """softcap keeps -inf at -inf and makes +inf finite; lse (return_z_loss) of poisoned and
+    ignored rows; the same rows as the numpy backend."""
+    x = np.array([[0.5, -np.inf, 1.0, -np.inf], [-np.inf, 2.0, 0.0, 1.0],
+                  [np.nan, 1.0, 2.0, 3.0], [np.inf, -1e30, 0.0, 0.0],
+                  [-np.inf] * 4, [np.nan] * 4, [30.0, -30.0, 0.5, 0.0]], dtype=np.float32)
+    target = np.array([2, 0, 1, 0, 1, -100, 3])
+    for in_place in (False, True):
+        results = []
+        for backend in ("cuda", "numpy"):
+            logits = x.copy()
+            results.append(fl.cross_entropy_with_grad(
+                logits, target, **options, reduction="none", return_z_loss=True,
+                out=logits if in_place else None, backend=backend))
+        got, expected = results
+        for a, b in zip(got, expected):
+            assert_close(a, b, np.float32)
+    loss, z, grad = got
+    assert grad[0, 1] == 0.0 and grad[0, 3] == 0.0  # impossible classes
+    assert loss[5] == 0.0 and z[5] == 0.0 and np.all(grad[5] == 0.0)  # ignored NaN row
+
+
 def test_bit_identical_runs():
     logits, args, kwargs = CASES[4].inputs(np.random.default_rng(2), (6, 45), np.float32)
     first = CASES[4].with_grad(logits, *args, **kwargs, backend="cuda")

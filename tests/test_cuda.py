@@ -32,24 +32,26 @@ def test_every_kernel_compiles_to_ptx(cc):
         pytest.skip("the simulator does not compile")
     from fastloss._ext import numba_cuda as backend
 
-    sigs = {
-        "_ce_index_kernel": "void({x}, int64[::1], float64[::1], int64, float64, float64, "
-                            "float64[::1], float64[::1], {x}, boolean)",
-        "_coef_kernel": "void({x}, {x}, float64[::1], float64, int64, float64[::1], "
-                        "float64[::1], {x}, boolean)",
-        "_softmax_mse_kernel": "void({x}, int64[::1], {x}, boolean, float64[::1], float64[::1], "
-                               "{x}, boolean)",
-        "_entropy_kernel": "void({x}, float64[::1], float64[::1], {x}, boolean)",
-        "_elementwise_kernel": "void({x}, {x}, float64[:, ::1], boolean, float64[::1], boolean, "
-                               "int64, float64[:, ::1], float64[:, ::1], {x}, boolean)",
-        "_softmax_kernel": "void({x}, {x}, int64)",
+    index, row = "int64[:, ::1]", "float64[::1]"
+    linear = ("void({x}, {t}, boolean, int64, float64[::1], float64, float64, boolean, boolean, "
+              "float64, float64, float64, float64[::1], float64[::1], float64[::1], {x}, boolean, "
+              "boolean)")
+    function_of_p = "void({x}, {t}, boolean, int64, float64[::1], float64[::1], {x}, boolean)"
+    sigs = {  # class indices come as (N, 1) int64, probabilities as x
+        "_softmax_linear_kernel": [linear.replace("{t}", index), linear.replace("{t}", "{x}")],
+        "_softmax_fn_kernel": [function_of_p.replace("{t}", index),
+                               function_of_p.replace("{t}", "{x}")],
+        "_elementwise_kernel": ["void({x}, {x}, float64[:, ::1], boolean, " + row + ", boolean, "
+                                "int64, float64[:, ::1], float64[:, ::1], {x}, boolean)"],
+        "_softmax_kernel": ["void({x}, {x}, int64)"],
     }
     assert set(sigs) == set(backend.KERNELS)
-    for name, sig in sigs.items():
-        for x in ("float32[:, ::1]", "float64[:, ::1]"):
-            kernel = getattr(backend, name)
-            ptx, _ = numba_cuda.compile_ptx(kernel.py_func, sig.format(x=x), cc=cc)
-            assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx, name
+    for name, kernel_sigs in sigs.items():
+        kernel = getattr(backend, name)
+        for sig in kernel_sigs:
+            for x in ("float32[:, ::1]", "float64[:, ::1]"):
+                ptx, _ = numba_cuda.compile_ptx(kernel.py_func, sig.format(x=x), cc=cc)
+                assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx, name
 
 
 def test_backend_suite_on_the_simulator():

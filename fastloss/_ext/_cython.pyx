@@ -1,18 +1,83 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""The ``cython`` backend: typed memoryviews in, the C row kernels of src/fastloss.c out.
+"""The ``cython`` backend: the kernel protocol (docs/design.md section 2) over the C kernels.
 
-Implements the row-kernel protocol of :mod:`fastloss._numpy_kernels`.  The GIL is released
-around every kernel; arguments were validated by :mod:`fastloss._validate`, so nothing is
-checked here beyond what the memoryviews check (dtype, layout).
+Typed memoryviews in, the row kernels of src/ (declared in src/rows.h) out.  The GIL is
+released around every kernel; arguments were validated by :mod:`fastloss._validate`, so
+nothing is checked here beyond what the memoryviews check (dtype, layout).  There is no
+module state: ``n_threads`` is an argument of every kernel, passed into the C call, which
+starts its own threads and joins them before it returns (fork-safe, thread-safe).
 """
-
-import contextlib
 
 import numpy as np
 
 from libc.stdint cimport int64_t
 
-from fastloss._ext.fastloss cimport *
+from fastloss._ext.fastloss cimport (
+    FASTLOSS_E_MEMORY,
+    FASTLOSS_OK,
+    fastloss_has_threads,
+    fastloss_max_threads,
+    fastloss_strerror,
+)
+
+# The private row kernels; tests/test_c_api.py checks these declarations against src/rows.h.
+cdef extern from "rows.h" nogil:
+    int fl_cross_entropy_rows_f32(int64_t n, int64_t c, const float *x,
+                                  const int64_t *target_index, const float *target_prob,
+                                  const double *weight, int64_t ignore_index,
+                                  double label_smoothing, double softcap,
+                                  double inv_temperature, double z_grad,
+                                  const double *row_scale, double *loss, double *lse,
+                                  float *grad, int n_threads)
+    int fl_cross_entropy_rows_f64(int64_t n, int64_t c, const double *x,
+                                  const int64_t *target_index, const double *target_prob,
+                                  const double *weight, int64_t ignore_index,
+                                  double label_smoothing, double softcap,
+                                  double inv_temperature, double z_grad,
+                                  const double *row_scale, double *loss, double *lse,
+                                  double *grad, int n_threads)
+    int fl_kl_divergence_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
+                                  int log_target, const double *row_scale, double *loss,
+                                  float *grad, int n_threads)
+    int fl_kl_divergence_rows_f64(int64_t n, int64_t c, const double *x, const double *target,
+                                  int log_target, const double *row_scale, double *loss,
+                                  double *grad, int n_threads)
+    int fl_softmax_mse_rows_f32(int64_t n, int64_t c, const float *x,
+                                const int64_t *target_index, const float *target_prob,
+                                const double *row_scale, double *loss, float *grad,
+                                int n_threads)
+    int fl_softmax_mse_rows_f64(int64_t n, int64_t c, const double *x,
+                                const int64_t *target_index, const double *target_prob,
+                                const double *row_scale, double *loss, double *grad,
+                                int n_threads)
+    int fl_entropy_rows_f32(int64_t n, int64_t c, const float *x, const double *row_scale,
+                            double *loss, float *grad, int n_threads)
+    int fl_entropy_rows_f64(int64_t n, int64_t c, const double *x, const double *row_scale,
+                            double *loss, double *grad, int n_threads)
+    int fl_bce_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
+                        const double *weight, int64_t weight_rs, int64_t weight_cs,
+                        const double *pos_weight, const double *scale, int64_t scale_rs,
+                        int64_t scale_cs, double *loss, int row_sums, float *grad,
+                        int n_threads)
+    int fl_bce_rows_f64(int64_t n, int64_t c, const double *x, const double *target,
+                        const double *weight, int64_t weight_rs, int64_t weight_cs,
+                        const double *pos_weight, const double *scale, int64_t scale_rs,
+                        int64_t scale_cs, double *loss, int row_sums, double *grad,
+                        int n_threads)
+    int fl_mse_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
+                        const double *scale, int64_t scale_rs, int64_t scale_cs,
+                        double *loss, int row_sums, float *grad, int n_threads)
+    int fl_mse_rows_f64(int64_t n, int64_t c, const double *x, const double *target,
+                        const double *scale, int64_t scale_rs, int64_t scale_cs,
+                        double *loss, int row_sums, double *grad, int n_threads)
+    int fl_softmax_rows_f32(int64_t n, int64_t c, const float *x, float *out, int log_,
+                            int n_threads)
+    int fl_softmax_rows_f64(int64_t n, int64_t c, const double *x, double *out, int log_,
+                            int n_threads)
+    int fl_logsumexp_rows_f32(int64_t n, int64_t c, const float *x, double *out,
+                              int n_threads)
+    int fl_logsumexp_rows_f64(int64_t n, int64_t c, const double *x, double *out,
+                              int n_threads)
 
 ctypedef fused real:
     float
@@ -20,88 +85,71 @@ ctypedef fused real:
 
 ACCEPTS_DEVICE_ARRAYS = False
 
-cdef int _n_threads = 0  # 0: every core (OpenMP's default)
-
 
 def unavailable_reason():
     return None
 
 
-def openmp():
-    """Whether the kernels were built with OpenMP, and the default thread count."""
-    return bool(fastloss_openmp()), fastloss_max_threads()
+def threads():
+    """``(built with threads, the number of online CPUs)``."""
+    return bool(fastloss_has_threads()), fastloss_max_threads()
 
 
-@contextlib.contextmanager
-def thread_limit(n_threads):
-    global _n_threads
-    previous = _n_threads
-    _n_threads = 0 if n_threads is None else n_threads
-    try:
-        yield
-    finally:
-        _n_threads = previous
+def as_rows(a, n_cols, dtype):
+    """A C-contiguous ``(rows, n_cols)`` array of ``dtype`` holding ``a``."""
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1, n_cols)
+
+
+def empty(shape, dtype):
+    return np.empty(shape, dtype)
 
 
 cdef inline int _check(int status) except -1:
     if status == FASTLOSS_E_MEMORY:
-        raise MemoryError("fastloss: out of memory for the per-thread block buffer")
+        raise MemoryError("fastloss: out of memory for a thread's scratch buffer")
     if status != FASTLOSS_OK:
         raise RuntimeError(fastloss_strerror(status).decode())
     return 0
 
 
 cdef inline const double *_opt(const double[::1] a) noexcept:
+    if a is None:
+        return NULL
+    return &a[0]
+
+
+cdef inline double *_out(double[::1] a) noexcept:
     return NULL if a is None else &a[0]
 
 
-cdef int _ce(const real[:, ::1] x, target, const double[::1] weight, int64_t ignore_index,
-             double eps, const double[::1] scale, double[::1] loss,
-             real[:, ::1] grad) except -1:
+cdef inline const double *_opt2(const double[:, :] a) noexcept:
+    if a is None or a.shape[0] == 0 or a.shape[1] == 0:
+        return NULL
+    return &a[0, 0]
+
+
+cdef inline int64_t _stride(const double[:, :] a, int axis) noexcept:
+    return 0 if a is None else a.strides[axis] // <int64_t>sizeof(double)
+
+
+# ------------------------------------------------------------------ cross-entropy
+
+cdef int _cross_entropy(const real[:, ::1] x, target, const double[::1] weight,
+                        int64_t ignore_index, double label_smoothing, double softcap,
+                        double inv_temperature, double z_grad, const double[::1] scale,
+                        double[::1] loss, double[::1] lse, real[:, ::1] grad,
+                        int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef real *g = NULL if grad is None else &grad[0, 0]
-    cdef const double *sc = _opt(scale)
-    cdef const int64_t[::1] index
-    cdef const real[:, ::1] probs
-    cdef int status, nt = _n_threads
-    if target.ndim == 1:
-        index = target
-        with nogil:
-            if real is float:
-                status = fastloss_ce_index_rows_f32(n, c, &x[0, 0], &index[0], &weight[0],
-                                                    ignore_index, eps, sc, &loss[0], g, nt)
-            else:
-                status = fastloss_ce_index_rows_f64(n, c, &x[0, 0], &index[0], &weight[0],
-                                                    ignore_index, eps, sc, &loss[0], g, nt)
-    else:
-        probs = target
-        with nogil:
-            if real is float:
-                status = fastloss_ce_prob_rows_f32(n, c, &x[0, 0], &probs[0, 0], &weight[0],
-                                                   eps, sc, &loss[0], g, nt)
-            else:
-                status = fastloss_ce_prob_rows_f64(n, c, &x[0, 0], &probs[0, 0], &weight[0],
-                                                   eps, sc, &loss[0], g, nt)
-    return _check(status)
-
-
-def ce(x, target, weight, ignore_index, eps, scale, loss, grad):
-    if x.dtype == np.float32:
-        _ce[float](x, target, weight, ignore_index, eps, scale, loss, grad)
-    else:
-        _ce[double](x, target, weight, ignore_index, eps, scale, loss, grad)
-
-
-cdef int _softmax_mse(const real[:, ::1] x, target, const double[::1] scale,
-                      double[::1] loss, real[:, ::1] grad) except -1:
-    cdef int64_t n = x.shape[0], c = x.shape[1]
-    cdef real *g = NULL if grad is None else &grad[0, 0]
-    cdef const double *sc = _opt(scale)
     cdef const int64_t[::1] index
     cdef const real[:, ::1] probs
     cdef const int64_t *ip = NULL
     cdef const real *pp = NULL
-    cdef int status, nt = _n_threads
+    cdef const double *w = _opt(weight)
+    cdef const double *sc = _opt(scale)
+    cdef double *lo = _out(loss)
+    cdef double *ls = _out(lse)
+    cdef int status
     if target.ndim == 1:
         index = target
         ip = &index[0]
@@ -110,74 +158,38 @@ cdef int _softmax_mse(const real[:, ::1] x, target, const double[::1] scale,
         pp = &probs[0, 0]
     with nogil:
         if real is float:
-            status = fastloss_softmax_mse_rows_f32(n, c, &x[0, 0], ip, pp, sc, &loss[0], g, nt)
+            status = fl_cross_entropy_rows_f32(n, c, &x[0, 0], ip, pp, w, ignore_index,
+                                               label_smoothing, softcap, inv_temperature,
+                                               z_grad, sc, lo, ls, g, n_threads)
         else:
-            status = fastloss_softmax_mse_rows_f64(n, c, &x[0, 0], ip, pp, sc, &loss[0], g, nt)
+            status = fl_cross_entropy_rows_f64(n, c, &x[0, 0], ip, pp, w, ignore_index,
+                                               label_smoothing, softcap, inv_temperature,
+                                               z_grad, sc, lo, ls, g, n_threads)
     return _check(status)
 
 
-def softmax_mse(x, target, scale, loss, grad):
+def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv_temperature,
+                  z_grad, scale, loss, lse, grad, n_threads):
+    """Per-row cross-entropy of ``x`` against class indices (N,) or probabilities (N, C).
+
+    ``weight`` (C,) float64 or None; ``softcap`` 0 for none; ``inv_temperature`` 1 for none;
+    ``z_grad`` adds ``scale_i * z_grad * 2 * lse_i * p_ic`` to the gradient; ``lse`` (N,)
+    float64 or None receives the logsumexp of each transformed row (0 when ignored).
+    """
     if x.dtype == np.float32:
-        _softmax_mse[float](x, target, scale, loss, grad)
+        _cross_entropy[float](x, target, weight, ignore_index, label_smoothing, softcap,
+                              inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
     else:
-        _softmax_mse[double](x, target, scale, loss, grad)
+        _cross_entropy[double](x, target, weight, ignore_index, label_smoothing, softcap,
+                               inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
 
 
-cdef int _kl(const real[:, ::1] x, const real[:, ::1] target, bint log_target,
-             const double[::1] scale, double[::1] loss, real[:, ::1] grad) except -1:
-    cdef int64_t n = x.shape[0], c = x.shape[1]
-    cdef real *g = NULL if grad is None else &grad[0, 0]
-    cdef const double *sc = _opt(scale)
-    cdef int status, nt = _n_threads
-    with nogil:
-        if real is float:
-            status = fastloss_kl_rows_f32(n, c, &x[0, 0], &target[0, 0], log_target, sc,
-                                          &loss[0], g, nt)
-        else:
-            status = fastloss_kl_rows_f64(n, c, &x[0, 0], &target[0, 0], log_target, sc,
-                                          &loss[0], g, nt)
-    return _check(status)
+# ------------------------------------------------------------------ binary cross-entropy
 
-
-def kl(x, target, log_target, scale, loss, grad):
-    if x.dtype == np.float32:
-        _kl[float](x, target, log_target, scale, loss, grad)
-    else:
-        _kl[double](x, target, log_target, scale, loss, grad)
-
-
-cdef int _entropy(const real[:, ::1] x, const double[::1] scale, double[::1] loss,
-                  real[:, ::1] grad) except -1:
-    cdef int64_t n = x.shape[0], c = x.shape[1]
-    cdef real *g = NULL if grad is None else &grad[0, 0]
-    cdef const double *sc = _opt(scale)
-    cdef int status, nt = _n_threads
-    with nogil:
-        if real is float:
-            status = fastloss_entropy_rows_f32(n, c, &x[0, 0], sc, &loss[0], g, nt)
-        else:
-            status = fastloss_entropy_rows_f64(n, c, &x[0, 0], sc, &loss[0], g, nt)
-    return _check(status)
-
-
-def entropy(x, scale, loss, grad):
-    if x.dtype == np.float32:
-        _entropy[float](x, scale, loss, grad)
-    else:
-        _entropy[double](x, scale, loss, grad)
-
-
-cdef inline int64_t _stride(const double[:, :] a, int axis) noexcept:
-    return 0 if a is None else a.strides[axis] // <int64_t>sizeof(double)
-
-
-cdef inline const double *_opt2(const double[:, :] a) noexcept:
-    return NULL if a is None or a.shape[0] == 0 else &a[0, 0]
-
-
-cdef int _bce(const real[:, ::1] x, const real[:, ::1] target, const double[:, :] weight,
-              const double[::1] pos_weight, const double[:, :] scale, double[::1] loss,
-              bint row_sums, real[:, ::1] grad) except -1:
+cdef int _binary_cross_entropy(const real[:, ::1] x, const real[:, ::1] target,
+                               const double[:, :] weight, const double[::1] pos_weight,
+                               const double[:, :] scale, double[::1] loss, bint row_sums,
+                               real[:, ::1] grad, int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef real *g = NULL if grad is None else &grad[0, 0]
     cdef const double *w = _opt2(weight)
@@ -185,90 +197,185 @@ cdef int _bce(const real[:, ::1] x, const real[:, ::1] target, const double[:, :
     cdef const double *sc = _opt2(scale)
     cdef int64_t w_rs = _stride(weight, 0), w_cs = _stride(weight, 1)
     cdef int64_t s_rs = _stride(scale, 0), s_cs = _stride(scale, 1)
-    cdef int status, nt = _n_threads
+    cdef double *lo = _out(loss)
+    cdef int status
     with nogil:
         if real is float:
-            status = fastloss_bce_rows_f32(n, c, &x[0, 0], &target[0, 0], w, w_rs, w_cs, pw,
-                                           sc, s_rs, s_cs, &loss[0], row_sums, g, nt)
+            status = fl_bce_rows_f32(n, c, &x[0, 0], &target[0, 0], w, w_rs, w_cs, pw, sc,
+                                     s_rs, s_cs, lo, row_sums, g, n_threads)
         else:
-            status = fastloss_bce_rows_f64(n, c, &x[0, 0], &target[0, 0], w, w_rs, w_cs, pw,
-                                           sc, s_rs, s_cs, &loss[0], row_sums, g, nt)
+            status = fl_bce_rows_f64(n, c, &x[0, 0], &target[0, 0], w, w_rs, w_cs, pw, sc,
+                                     s_rs, s_cs, lo, row_sums, g, n_threads)
     return _check(status)
 
 
-def bce(x, target, weight, pos_weight, scale, loss, grad):
-    row_sums = loss.ndim == 1
-    flat = loss.reshape(-1)
+def binary_cross_entropy(x, target, weight, pos_weight, scale, loss, grad, n_threads):
+    """Elementwise BCE with logits; ``loss`` is (N, C) per element or (N,) row sums."""
+    row_sums = loss is not None and loss.ndim == 1
+    flat = None if loss is None else loss.reshape(-1)
     if x.dtype == np.float32:
-        _bce[float](x, target, weight, pos_weight, scale, flat, row_sums, grad)
+        _binary_cross_entropy[float](x, target, weight, pos_weight, scale, flat, row_sums,
+                                     grad, n_threads)
     else:
-        _bce[double](x, target, weight, pos_weight, scale, flat, row_sums, grad)
+        _binary_cross_entropy[double](x, target, weight, pos_weight, scale, flat, row_sums,
+                                      grad, n_threads)
 
+
+# ------------------------------------------------------------------ softmax MSE
+
+cdef int _softmax_mse(const real[:, ::1] x, target, const double[::1] scale,
+                      double[::1] loss, real[:, ::1] grad, int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef real *g = NULL if grad is None else &grad[0, 0]
+    cdef const double *sc = _opt(scale)
+    cdef double *lo = _out(loss)
+    cdef const int64_t[::1] index
+    cdef const real[:, ::1] probs
+    cdef const int64_t *ip = NULL
+    cdef const real *pp = NULL
+    cdef int status
+    if target.ndim == 1:
+        index = target
+        ip = &index[0]
+    else:
+        probs = target
+        pp = &probs[0, 0]
+    with nogil:
+        if real is float:
+            status = fl_softmax_mse_rows_f32(n, c, &x[0, 0], ip, pp, sc, lo, g, n_threads)
+        else:
+            status = fl_softmax_mse_rows_f64(n, c, &x[0, 0], ip, pp, sc, lo, g, n_threads)
+    return _check(status)
+
+
+def softmax_mse(x, target, scale, loss, grad, n_threads):
+    if x.dtype == np.float32:
+        _softmax_mse[float](x, target, scale, loss, grad, n_threads)
+    else:
+        _softmax_mse[double](x, target, scale, loss, grad, n_threads)
+
+
+# ------------------------------------------------------------------ KL divergence
+
+cdef int _kl_divergence(const real[:, ::1] x, const real[:, ::1] target, bint log_target,
+                        const double[::1] scale, double[::1] loss, real[:, ::1] grad,
+                        int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef real *g = NULL if grad is None else &grad[0, 0]
+    cdef const double *sc = _opt(scale)
+    cdef double *lo = _out(loss)
+    cdef int status
+    with nogil:
+        if real is float:
+            status = fl_kl_divergence_rows_f32(n, c, &x[0, 0], &target[0, 0], log_target, sc,
+                                               lo, g, n_threads)
+        else:
+            status = fl_kl_divergence_rows_f64(n, c, &x[0, 0], &target[0, 0], log_target, sc,
+                                               lo, g, n_threads)
+    return _check(status)
+
+
+def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
+    if x.dtype == np.float32:
+        _kl_divergence[float](x, target, log_target, scale, loss, grad, n_threads)
+    else:
+        _kl_divergence[double](x, target, log_target, scale, loss, grad, n_threads)
+
+
+# ------------------------------------------------------------------ entropy
+
+cdef int _entropy(const real[:, ::1] x, const double[::1] scale, double[::1] loss,
+                  real[:, ::1] grad, int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef real *g = NULL if grad is None else &grad[0, 0]
+    cdef const double *sc = _opt(scale)
+    cdef double *lo = _out(loss)
+    cdef int status
+    with nogil:
+        if real is float:
+            status = fl_entropy_rows_f32(n, c, &x[0, 0], sc, lo, g, n_threads)
+        else:
+            status = fl_entropy_rows_f64(n, c, &x[0, 0], sc, lo, g, n_threads)
+    return _check(status)
+
+
+def entropy(x, scale, loss, grad, n_threads):
+    if x.dtype == np.float32:
+        _entropy[float](x, scale, loss, grad, n_threads)
+    else:
+        _entropy[double](x, scale, loss, grad, n_threads)
+
+
+# ------------------------------------------------------------------ MSE
 
 cdef int _mse(const real[:, ::1] x, const real[:, ::1] target, const double[:, :] scale,
-              double[::1] loss, bint row_sums, real[:, ::1] grad) except -1:
+              double[::1] loss, bint row_sums, real[:, ::1] grad, int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef real *g = NULL if grad is None else &grad[0, 0]
     cdef const double *sc = _opt2(scale)
     cdef int64_t s_rs = _stride(scale, 0), s_cs = _stride(scale, 1)
-    cdef int status, nt = _n_threads
+    cdef double *lo = _out(loss)
+    cdef int status
     with nogil:
         if real is float:
-            status = fastloss_mse_rows_f32(n, c, &x[0, 0], &target[0, 0], sc, s_rs, s_cs,
-                                           &loss[0], row_sums, g, nt)
+            status = fl_mse_rows_f32(n, c, &x[0, 0], &target[0, 0], sc, s_rs, s_cs, lo,
+                                     row_sums, g, n_threads)
         else:
-            status = fastloss_mse_rows_f64(n, c, &x[0, 0], &target[0, 0], sc, s_rs, s_cs,
-                                           &loss[0], row_sums, g, nt)
+            status = fl_mse_rows_f64(n, c, &x[0, 0], &target[0, 0], sc, s_rs, s_cs, lo,
+                                     row_sums, g, n_threads)
     return _check(status)
 
 
-def mse(x, target, scale, loss, grad):
-    row_sums = loss.ndim == 1
-    flat = loss.reshape(-1)
+def mse(x, target, scale, loss, grad, n_threads):
+    """Elementwise squared error; ``loss`` is (N, C) per element or (N,) row sums."""
+    row_sums = loss is not None and loss.ndim == 1
+    flat = None if loss is None else loss.reshape(-1)
     if x.dtype == np.float32:
-        _mse[float](x, target, scale, flat, row_sums, grad)
+        _mse[float](x, target, scale, flat, row_sums, grad, n_threads)
     else:
-        _mse[double](x, target, scale, flat, row_sums, grad)
+        _mse[double](x, target, scale, flat, row_sums, grad, n_threads)
 
 
-cdef int _softmax(const real[:, ::1] x, real[:, ::1] out, bint log) except -1:
+# ------------------------------------------------------------------ softmax, logsumexp
+
+cdef int _softmax(const real[:, ::1] x, real[:, ::1] out, bint log, int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
-    cdef int status, nt = _n_threads
+    cdef int status
     with nogil:
         if real is float:
-            status = fastloss_softmax_rows_f32(n, c, &x[0, 0], &out[0, 0], log, nt)
+            status = fl_softmax_rows_f32(n, c, &x[0, 0], &out[0, 0], log, n_threads)
         else:
-            status = fastloss_softmax_rows_f64(n, c, &x[0, 0], &out[0, 0], log, nt)
+            status = fl_softmax_rows_f64(n, c, &x[0, 0], &out[0, 0], log, n_threads)
     return _check(status)
 
 
-def softmax(x, out):
+def softmax(x, out, n_threads):
     if x.dtype == np.float32:
-        _softmax[float](x, out, False)
+        _softmax[float](x, out, False, n_threads)
     else:
-        _softmax[double](x, out, False)
+        _softmax[double](x, out, False, n_threads)
 
 
-def log_softmax(x, out):
+def log_softmax(x, out, n_threads):
     if x.dtype == np.float32:
-        _softmax[float](x, out, True)
+        _softmax[float](x, out, True, n_threads)
     else:
-        _softmax[double](x, out, True)
+        _softmax[double](x, out, True, n_threads)
 
 
-cdef int _logsumexp(const real[:, ::1] x, double[::1] out) except -1:
+cdef int _logsumexp(const real[:, ::1] x, double[::1] out, int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
-    cdef int status, nt = _n_threads
+    cdef int status
     with nogil:
         if real is float:
-            status = fastloss_logsumexp_rows_f32(n, c, &x[0, 0], &out[0], nt)
+            status = fl_logsumexp_rows_f32(n, c, &x[0, 0], &out[0], n_threads)
         else:
-            status = fastloss_logsumexp_rows_f64(n, c, &x[0, 0], &out[0], nt)
+            status = fl_logsumexp_rows_f64(n, c, &x[0, 0], &out[0], n_threads)
     return _check(status)
 
 
-def logsumexp(x, out):
+def logsumexp(x, out, n_threads):
     if x.dtype == np.float32:
-        _logsumexp[float](x, out)
+        _logsumexp[float](x, out, n_threads)
     else:
-        _logsumexp[double](x, out)
+        _logsumexp[double](x, out, n_threads)

@@ -1,33 +1,40 @@
-"""The ``numba`` backend: fused row kernels, parallel over rows with ``prange``.
+"""The ``numba`` backend: one serial, ``nogil`` skeleton per kernel shape (docs/design.md
+section 3) over a range of rows; :mod:`fastloss._ext._threads` runs the ranges on fastloss's
+own thread pool (section 4).  The loss math is in :mod:`fastloss._ext.numba_hooks` (shared with
+the cuda backend); the vectorisable exp, max and blocked online softmax in
+:mod:`fastloss._ext.numba_math`.
 
 Each row is handled by one thread, start to finish, so results do not depend on the thread
 count; the batch reduction happens afterwards, in a fixed order, in :mod:`fastloss._api`.
-A row is read from memory once (the max pass) and its gradient written once: the later passes
-find the row in cache (128k float32 classes are 512 KiB).  Row sums accumulate in float64.
+A row is read from memory once (the blocked online softmax stores the exp into the gradient)
+and its gradient written once: the later passes find the row in cache (128k float32 classes
+are 512 KiB).  Row sums accumulate in float64.
 
-Notation as in :mod:`fastloss.reference`: ``m`` the row max, ``e_c = exp(x_c - m)``,
-``s = sum_c e_c``, so ``p_c = e_c / s`` and ``-log p_c = (m - x_c) + log s``.
-Kernels implement the protocol documented in :mod:`fastloss._numpy_kernels`.
+Notation as in :mod:`fastloss.reference`: ``m`` the row max, ``e_c = exp(z_c - m)``,
+``s = sum_c e_c``, so ``p_c = e_c / s`` and ``-log p_c = (m - z_c) + log s``.  The kernels
+implement the protocol of :mod:`fastloss._protocol` (docs/design.md section 2).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import os
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from ._threads import run_ranges
 from .numba_math import (
     BLOCK,
     INLINE,
     JIT,
     exp_blocks,
     fill_row,
+    hooks,
     like,
     online_sum_exp,
     poisoned,
+    poisoned_lse,
     row_max,
     scale_blocks,
     sum_exp,
@@ -35,42 +42,36 @@ from .numba_math import (
 )
 
 ACCEPTS_DEVICE_ARRAYS = False
-PARALLEL = dict(JIT, parallel=True)
 NAN = np.nan
+# The range kernels run without Numba's reference counting: every row and block view
+# (``x[i]``, ``row[start:stop]``) would otherwise pay an atomic incref/decref, which costs
+# 25% at 32k classes a row.  So they allocate nothing: their scratch (block maxima, the
+# transformed row) is allocated by the caller, once per range.
+KERNEL = dict(JIT, _nrt=False)
 
 
 def unavailable_reason():
     return None
 
 
-@contextlib.contextmanager
-def thread_limit(n_threads):
-    if n_threads is None:
-        yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+def as_rows(a, n_cols, dtype):
+    """A C-contiguous ``(rows, n_cols)`` array of ``dtype`` (no copy when ``a`` is one)."""
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1, n_cols)
 
 
+def empty(shape, dtype):
+    return np.empty(shape, dtype=dtype)
+
+
+# Numba wants one array type per argument: these stand for "not given" (with a flag).
 _DUMMY = {np.dtype(np.float32): np.zeros((1, 1), np.float32),
           np.dtype(np.float64): np.zeros((1, 1), np.float64)}
+_NO_ROWS = np.zeros(1)
+_NO_ELEMENTS = np.zeros((1, 1))
 
 
 def _grad_arg(grad, x):
-    """Numba wants one array type: a 1x1 dummy stands for 'no gradient'."""
     return (_DUMMY[x.dtype], False) if grad is None else (grad, True)
-
-
-@njit(**JIT)
-def _poison(loss, grad, i, write_grad):
-    """NaN loss and gradient for row ``i`` (it holds a NaN or +inf, or only -inf)."""
-    loss[i] = NAN
-    if write_grad:
-        fill_row(grad[i], NAN)
 
 
 def _readable(a):
@@ -78,418 +79,397 @@ def _readable(a):
     return a if a is None or a.flags.writeable else a.copy()
 
 
-# --------------------------------------------------------------------------------- cross-entropy
+def _n_blocks(c):
+    return (c + BLOCK - 1) // BLOCK
+
+
+# ------------------------------------------------------------ shape 1: softmax, linear in log p
+#
+# loss_i = sum_c a_ic (-log p_ic) + const_i,  d loss_i / d z_ic = A'_i p_ic - a_ic  (A' = A plus
+# the z-loss term), then times dz/dx.  Targets: class indices, stored as an (N, 1) int64 array
+# (``sparse``: a_c = w_c ((1 - eps) [c = y] + eps / C), with a fast path for eps = 0), or
+# probabilities / log-probabilities (N, C) (cross-entropy; KL divergence = cross-entropy with
+# w = 1, eps = 0, plus const = sum t log t).
+
+# The helpers below are called with constant flags (``_dense_stats(..., False, False)``):
+# after inlining, LLVM folds the branches on them, and each loop is the one of its loss
+# (a loop-invariant branch left in a loop keeps it from vectorising: 4x at 32k classes).
 
 @njit(**INLINE)
-def _chunking(n_rows, n_cols):
-    """Rows per chunk of the parallel loop: about 16k classes per chunk (each chunk allocates
-    its block-max scratch once), and at least 16 chunks so two threads stay balanced."""
-    rows = max(1, 16384 // n_cols)
-    rows = min(rows, max(1, n_rows // 16))
-    return rows, (n_rows + rows - 1) // rows
+def _dense_stats(row, trow, weight, keep, eps_c, log_target, kl):
+    """``(A, sum_c a_c z_c, const)`` of a row of probability / log-probability targets."""
+    big_a = 0.0
+    az = 0.0
+    const = 0.0
+    for k in range(row.shape[0]):
+        v = np.float64(trow[k])
+        a = hooks.ce_coef(hooks.target_prob(v, log_target), weight[k], keep, eps_c)
+        big_a += a
+        az += hooks.weighted(a, np.float64(row[k]))
+        if kl:
+            const += hooks.target_t_log_t(v, log_target)
+    return big_a, az, const
 
 
 @njit(**INLINE)
-def _ce_index_row(row, y, weight, w_total, eps, si, g, write_grad, in_place, block_max):
-    """Loss of one row with class index ``y``; writes ``si * d loss / d row`` into ``g``."""
+def _subtract_dense(g, trow, weight, keep, eps_c, si, log_target):
+    """``g_c -= si a_c`` for probability / log-probability targets."""
+    for k in range(g.shape[0]):
+        a = hooks.ce_coef(hooks.target_prob(np.float64(trow[k]), log_target), weight[k], keep,
+                          eps_c)
+        g[k] -= like(si * a, g)
+
+
+@njit(**INLINE)
+def _linear_row(row, trow, sparse, y, weight, w_total, keep, eps_c, log_target, kl, z_grad,
+                si, g, write_grad, in_place, block_max):
+    """Loss and logsumexp of one row of (transformed) logits ``row``; writes
+    ``si * d loss / d row`` into ``g`` (which may be ``row`` itself: ``in_place``)."""
     c = row.shape[0]
-    eps_c = eps / c
-    a_y = (1.0 - eps) * weight[y]  # coefficient of -log p_y
-    x_y = np.float64(row[y])  # read before the gradient may overwrite the row
-    wx = 0.0  # sum_c w_c x_c for the smoothing term, 0 * (-inf) counted as 0
-    if eps > 0.0:
-        for k in range(c):
-            wk = weight[k]
-            wx += wk * np.float64(row[k]) if wk != 0.0 else 0.0
+    # statistics of the coefficients: read before the gradient may overwrite the row
+    z_y = 0.0
+    a_t = 0.0  # sparse: the target's share of a_y
+    big_a = 0.0  # A = sum_c a_c
+    az = 0.0  # sum_c a_c z_c (sparse: sum_c w_c z_c), 0 * (-inf) counted as 0
+    const = 0.0
+    if sparse:
+        z_y = np.float64(row[y])
+        a_t = hooks.ce_coef(1.0, weight[y], keep, 0.0)
+        big_a = a_t + eps_c * w_total
+        if eps_c > 0.0:
+            for k in range(c):
+                az += hooks.weighted(weight[k], np.float64(row[k]))
+    elif not kl:  # the flags as constants: LLVM drops the exp / log of the KL's cases
+        big_a, az, const = _dense_stats(row, trow, weight, keep, eps_c, False, False)
+    elif log_target:
+        big_a, az, const = _dense_stats(row, trow, weight, keep, eps_c, True, True)
+    else:
+        big_a, az, const = _dense_stats(row, trow, weight, keep, eps_c, False, True)
     if write_grad:
         m, s = exp_blocks(row, g, block_max, in_place)
     else:
         m, s = online_sum_exp(row)
+    if poisoned(m, s):
+        # in place, exp_blocks has overwritten the blocks before the first one holding a NaN
+        # or +inf with finite values (and -inf blocks with 0): the scan still sees the row's
+        # NaN / +inf / all -inf
+        lse_bad = poisoned_lse(row)
+        if write_grad:
+            fill_row(g, NAN)
+        return NAN, lse_bad
+    log_s = math.log(s)
+    lse = m + log_s
+    if sparse:
+        value = hooks.linear_loss(a_t, hooks.weighted(a_t, m - z_y), 0.0, log_s)
+        if eps_c > 0.0:
+            value += eps_c * hooks.linear_loss(w_total, hooks.gap_sum(w_total, az, m), 0.0,
+                                               log_s)
+    else:
+        value = hooks.linear_loss(big_a, hooks.gap_sum(big_a, az, m), const, log_s)
+    if write_grad:
+        big_a_p = hooks.p_coef(big_a, z_grad, lse)
+        scale_blocks(g, block_max, m, si * big_a_p / s)  # g_c = si A' p_c
+        if sparse:
+            if eps_c > 0.0:
+                for k in range(c):
+                    g[k] -= like(si * hooks.ce_coef(0.0, weight[k], keep, eps_c), g)
+            # p_y recomputed in float64: A' p_y - a_y cancels when p_y is close to 1
+            p_y = math.exp(z_y - m) / s
+            g[y] = si * (big_a_p * p_y - hooks.ce_coef(1.0, weight[y], keep, eps_c))
+        elif log_target:
+            _subtract_dense(g, trow, weight, keep, eps_c, si, True)
+        else:
+            _subtract_dense(g, trow, weight, keep, eps_c, si, False)
+    return value, lse
+
+
+@njit(**KERNEL)
+def _softmax_linear(lo, hi, x, target, sparse, ignore_index, weight, w_total, keep, eps_c,
+                    log_target, kl, softcap, inv_temperature, z_grad, scale, loss, lse, grad,
+                    write_grad, write_lse, in_place, block_max, z, slope):
+    """Rows ``lo:hi``.  With a softcap or a temperature, each row is first transformed into
+    the float64 scratch row ``z`` (its slope ``dz/dx`` beside it), and the gradient multiplied
+    by the slope at the end; without, the skeleton runs on ``x`` itself."""
+    c = x.shape[1]
+    transformed = softcap != 0.0 or inv_temperature != 1.0
+    for i in range(lo, hi):
+        y = 0
+        if sparse:
+            y = np.int64(target[i, 0])
+            if y == ignore_index:
+                loss[i] = 0.0
+                if write_lse:
+                    lse[i] = 0.0
+                if write_grad:
+                    fill_row(grad[i], 0.0)
+                continue
+        g = grad[i] if write_grad else grad[0]
+        si = scale[i] if write_grad else 1.0
+        if transformed:
+            row = x[i]
+            for k in range(c):  # all of x_i is read before g (maybe x_i) is written
+                z[k], slope[k] = hooks.transform(np.float64(row[k]), softcap, inv_temperature)
+            value, lse_i = _linear_row(z, target[i], sparse, y, weight, w_total, keep, eps_c,
+                                       log_target, kl, z_grad, si, g, write_grad, False,
+                                       block_max)
+            if write_grad:
+                for k in range(c):
+                    g[k] = like(g[k] * slope[k], g)
+        else:
+            value, lse_i = _linear_row(x[i], target[i], sparse, y, weight, w_total, keep,
+                                       eps_c, log_target, kl, z_grad, si, g, write_grad,
+                                       in_place, block_max)
+        loss[i] = value
+        if write_lse:
+            lse[i] = lse_i
+
+
+def _run_softmax_linear(x, target, weight, ignore_index, label_smoothing, log_target, kl,
+                        softcap, inv_temperature, z_grad, scale, loss, lse, grad, n_threads):
+    g, write_grad = _grad_arg(grad, x)
+    in_place = grad is not None and np.may_share_memory(grad, x)  # validated: same or disjoint
+    x, target = _readable(x), _readable(target)
+    sparse = target.ndim == 1
+    if sparse:
+        target = target.reshape(-1, 1)
+    n, c = x.shape
+    if weight is None:
+        weight = np.ones(c)
+    softcap, inv_temperature = float(softcap), float(inv_temperature)
+    scratch = c if softcap != 0.0 or inv_temperature != 1.0 else 0
+    args = (x, target, sparse, ignore_index, weight, float(np.sum(weight)),
+            1.0 - label_smoothing, label_smoothing / c if c else 0.0, log_target, kl, softcap,
+            inv_temperature, float(z_grad), _NO_ROWS if scale is None else scale, loss,
+            _NO_ROWS if lse is None else lse, g, write_grad, lse is not None, in_place)
+
+    def rows(lo, hi):
+        _softmax_linear(lo, hi, *args, np.empty(_n_blocks(c)), np.empty(scratch),
+                        np.empty(scratch))
+
+    run_ranges(rows, n, c, n_threads)
+
+
+def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv_temperature,
+                  z_grad, scale, loss, lse, grad, n_threads):
+    _run_softmax_linear(x, target, weight, ignore_index, float(label_smoothing), False, False,
+                        softcap, inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
+
+
+def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
+    _run_softmax_linear(x, target, np.ones(x.shape[1]), -1, 0.0, bool(log_target), True, 0.0,
+                        1.0, 0.0, scale, loss, None, grad, n_threads)
+
+
+# ------------------------------------------------------------ shape 2: softmax, function of p
+#
+# loss_i = sum_c term(p_ic, t_ic), phi_c = d term / d p_c,
+# d loss_i / d z_ij = p_ij (phi_ij - sum_k p_ik phi_ik).
+
+@njit(**INLINE)
+def _fn_row(row, trow, y, sparse, loss_code, si, g, write_grad):
+    """Loss of one row; writes ``si * d loss / d row`` into ``g`` (which may be ``row``: the
+    gradient pass recomputes p from the row element by element)."""
+    c = row.shape[0]
+    m = row_max(row)
+    s = sum_exp(row, m)
     if poisoned(m, s):
         if write_grad:
             fill_row(g, NAN)
         return NAN
     log_s = math.log(s)
-    # -log p_c = (m - x_c) + log s
-    value = a_y * ((m - x_y) + log_s) if a_y != 0.0 else 0.0
-    if eps > 0.0:
-        # eps/C sum_c w_c (-log p_c) = eps/C ((W m - sum_c w_c x_c) + W log s)
-        value += eps_c * ((w_total * m - wx) + w_total * log_s)
+    inv_s = 1.0 / s
+    value = 0.0
+    dot = 0.0  # sum_k p_k phi_k
+    for k in range(c):
+        zk = row[k] - m
+        p = vexp(zk) * inv_s
+        log_p = np.float64(zk) - log_s
+        t = (1.0 if k == y else 0.0) if sparse else np.float64(trow[k])
+        value += hooks.p_term(loss_code, p, log_p, t)
+        dot += p * hooks.p_phi(loss_code, p, log_p, t)
     if write_grad:
-        # d loss / d x_c = A p_c - a_c, A = a_y + eps/C W, a_c = eps/C w_c + [c = y] a_y
-        big_a = a_y + eps_c * w_total
-        scale_blocks(g, block_max, m, si * big_a / s)
-        if eps > 0.0:
-            for k in range(c):
-                g[k] -= like(si * eps_c * weight[k], g)
-        p_y = math.exp(x_y - m) / s
-        g[y] = si * (big_a * p_y - a_y - eps_c * weight[y])
+        for k in range(c):
+            zk = row[k] - m
+            p = vexp(zk) * inv_s
+            log_p = np.float64(zk) - log_s
+            t = (1.0 if k == y else 0.0) if sparse else np.float64(trow[k])
+            g[k] = like(si * p * (hooks.p_phi(loss_code, p, log_p, t) - dot), g)
     return value
 
 
-@njit(**PARALLEL)
-def _ce_index_kernel(x, target, weight, ignore_index, eps, scale, loss, grad, write_grad,
-                     in_place):
-    n, c = x.shape
-    w_total = 0.0
-    for k in range(c):
-        w_total += weight[k]
-    rows, n_chunks = _chunking(n, c)
-    for chunk in prange(n_chunks):
-        block_max = np.empty((c + BLOCK - 1) // BLOCK)
-        for i in range(chunk * rows, min(n, chunk * rows + rows)):
-            y = target[i]
-            if y == ignore_index:
-                loss[i] = 0.0
-                if write_grad:
-                    fill_row(grad[i], 0.0)
-                continue
-            g = grad[i] if write_grad else grad[0]
-            si = scale[i] if write_grad else 1.0
-            loss[i] = _ce_index_row(x[i], y, weight, w_total, eps, si, g, write_grad, in_place,
-                                    block_max)
+@njit(**KERNEL)
+def _softmax_fn(lo, hi, x, target, sparse, loss_code, scale, loss, grad, write_grad):
+    """``target``: (N, 1) class indices (``sparse``) or (N, C) probabilities; the entropy,
+    which has none, passes ``x`` (never read)."""
+    for i in range(lo, hi):
+        g = grad[i] if write_grad else grad[0]
+        si = scale[i] if write_grad else 1.0
+        # constant flags in each call: LLVM specialises the loops (see _dense_stats)
+        if loss_code == hooks.ENTROPY:
+            loss[i] = _fn_row(x[i], x[i], -1, False, hooks.ENTROPY, si, g, write_grad)
+        elif sparse:
+            loss[i] = _fn_row(x[i], target[i], np.int64(target[i, 0]), True,
+                              hooks.SOFTMAX_MSE, si, g, write_grad)
+        else:
+            loss[i] = _fn_row(x[i], target[i], -1, False, hooks.SOFTMAX_MSE, si, g,
+                              write_grad)
 
+
+def _run_softmax_fn(x, target, loss_code, scale, loss, grad, n_threads):
+    g, write_grad = _grad_arg(grad, x)
+    x, target = _readable(x), _readable(target)
+    sparse = target.ndim == 1
+    if sparse:
+        target = target.reshape(-1, 1)
+    n, c = x.shape
+    run_ranges(_softmax_fn, n, c, n_threads, x, target, sparse, loss_code,
+               _NO_ROWS if scale is None else scale, loss, g, write_grad)
+
+
+def softmax_mse(x, target, scale, loss, grad, n_threads):
+    _run_softmax_fn(x, target, hooks.SOFTMAX_MSE, scale, loss, grad, n_threads)
+
+
+def entropy(x, scale, loss, grad, n_threads):
+    _run_softmax_fn(x, x, hooks.ENTROPY, scale, loss, grad, n_threads)
+
+
+# ------------------------------------------------------------------------ shape 3: elementwise
 
 @njit(**INLINE)
-def _ce_prob_row(row, t, weight, eps, si, g, write_grad, in_place, block_max):
-    """Loss of one row with target probabilities ``t``; writes its gradient into ``g``."""
-    c = row.shape[0]
-    eps_c = eps / c
-    keep = 1.0 - eps
-    big_a = 0.0  # sum_c a_c, a_c = w_c ((1 - eps) t_c + eps / C)
-    ax = 0.0  # sum_c a_c x_c, skipping a_c = 0 (0 log 0 = 0)
-    for k in range(c):
-        a = weight[k] * (keep * t[k] + eps_c)
-        big_a += a
-        ax += a * np.float64(row[k]) if a != 0.0 else 0.0
-    if write_grad:
-        m, s = exp_blocks(row, g, block_max, in_place)
-    else:
-        m, s = online_sum_exp(row)
-    if poisoned(m, s):
-        if write_grad:
-            fill_row(g, NAN)
-        return NAN
-    if write_grad:
-        scale_blocks(g, block_max, m, si * big_a / s)
-        for k in range(c):
-            g[k] -= like(si * weight[k] * (keep * t[k] + eps_c), g)
-    # sum_c a_c (-log p_c) = sum_c a_c ((m - x_c) + log s)
-    return (big_a * m - ax) + big_a * math.log(s)
-
-
-@njit(**PARALLEL)
-def _ce_prob_kernel(x, target, weight, eps, scale, loss, grad, write_grad, in_place):
-    n, c = x.shape
-    rows, n_chunks = _chunking(n, c)
-    for chunk in prange(n_chunks):
-        block_max = np.empty((c + BLOCK - 1) // BLOCK)
-        for i in range(chunk * rows, min(n, chunk * rows + rows)):
-            g = grad[i] if write_grad else grad[0]
-            si = scale[i] if write_grad else 1.0
-            loss[i] = _ce_prob_row(x[i], target[i], weight, eps, si, g, write_grad, in_place,
-                                   block_max)
-
-
-def ce(x, target, weight, ignore_index, eps, scale, loss, grad):
-    g, write = _grad_arg(grad, x)
-    in_place = grad is not None and np.may_share_memory(grad, x)  # validated: same or disjoint
-    scale = np.zeros(0) if scale is None else scale
-    x, target = _readable(x), _readable(target)
-    if target.ndim == 1:
-        _ce_index_kernel(x, target, weight, ignore_index, eps, scale, loss, g, write, in_place)
-    else:
-        _ce_prob_kernel(x, target, weight, eps, scale, loss, g, write, in_place)
-
-
-# --------------------------------------------------------------------------------- softmax MSE
-
-@njit(**PARALLEL)
-def _softmax_mse_kernel(x, target_index, target_prob, scale, loss, grad, write_grad):
-    """One kernel for both target kinds: ``target_index[i] < 0`` means 'use target_prob'."""
-    n, c = x.shape
-    for i in prange(n):
-        row = x[i]
-        m = row_max(row)
-        s = sum_exp(row, m)
-        if poisoned(m, s):
-            _poison(loss, grad, i, write_grad)
-            continue
-        y = target_index[i] if target_index.shape[0] else -1
-        inv_s = 1.0 / s
-        # sq = sum_c (p_c - t_c)^2, dot = sum_c (p_c - t_c) p_c
-        sq = 0.0
-        dot = 0.0
-        for k in range(c):
-            p = vexp(row[k] - m) * inv_s
-            t = (1.0 if k == y else 0.0) if y >= 0 else np.float64(target_prob[i, k])
-            d = p - t
-            sq += d * d
-            dot += d * p
-        loss[i] = sq
-        if write_grad:
-            # d loss / d x_j = 2 p_j ((p_j - t_j) - dot)
-            g = grad[i]
-            two_scale = 2.0 * scale[i]
-            for k in range(c):
-                p = vexp(row[k] - m) * inv_s
-                t = (1.0 if k == y else 0.0) if y >= 0 else np.float64(target_prob[i, k])
-                g[k] = like(two_scale * p * (p - t - dot), g)
-
-
-def softmax_mse(x, target, scale, loss, grad):
-    g, write = _grad_arg(grad, x)
-    scale = np.zeros(0) if scale is None else scale
-    x, target = _readable(x), _readable(target)
-    if target.ndim == 1:
-        _softmax_mse_kernel(x, target, np.zeros((0, 0), x.dtype), scale, loss, g, write)
-    else:
-        _softmax_mse_kernel(x, np.zeros(0, np.int64), target, scale, loss, g, write)
-
-
-# --------------------------------------------------------------------------------- KL, entropy
-
-@njit(**INLINE)
-def _kl_row(row, tr, log_target, si, g, write_grad, in_place, block_max):
-    """KL(t || softmax(row)) of one row; writes ``si * (T p - t)`` into ``g``."""
-    c = row.shape[0]
-    # loss = sum_c t_c log t_c + sum_c t_c (m - x_c) + T log s, terms with t_c = 0 dropped
-    big_t = 0.0
-    t_log_t = 0.0
-    t_x = 0.0
-    for k in range(c):
-        v = np.float64(tr[k])
-        t = math.exp(v) if log_target else v
-        if t != 0.0:
-            big_t += t
-            t_log_t += t * (v if log_target else math.log(t))
-            t_x += t * np.float64(row[k])
-    if write_grad:
-        m, s = exp_blocks(row, g, block_max, in_place)
-    else:
-        m, s = online_sum_exp(row)
-    if poisoned(m, s):
-        if write_grad:
-            fill_row(g, NAN)
-        return NAN
-    if write_grad:
-        scale_blocks(g, block_max, m, si * big_t / s)
-        for k in range(c):
-            v = np.float64(tr[k])
-            g[k] -= like(si * (math.exp(v) if log_target else v), g)
-    return t_log_t + (big_t * m - t_x) + big_t * math.log(s)
-
-
-@njit(**PARALLEL)
-def _kl_kernel(x, target, log_target, scale, loss, grad, write_grad, in_place):
-    n, c = x.shape
-    rows, n_chunks = _chunking(n, c)
-    for chunk in prange(n_chunks):
-        block_max = np.empty((c + BLOCK - 1) // BLOCK)
-        for i in range(chunk * rows, min(n, chunk * rows + rows)):
-            g = grad[i] if write_grad else grad[0]
-            si = scale[i] if write_grad else 1.0
-            loss[i] = _kl_row(x[i], target[i], log_target, si, g, write_grad, in_place,
-                              block_max)
-
-
-def kl(x, target, log_target, scale, loss, grad):
-    g, write = _grad_arg(grad, x)
-    in_place = grad is not None and np.may_share_memory(grad, x)
-    scale = np.zeros(0) if scale is None else scale
-    _kl_kernel(_readable(x), _readable(target), log_target, scale, loss, g, write, in_place)
-
-
-@njit(**PARALLEL)
-def _entropy_kernel(x, scale, loss, grad, write_grad):
-    n, c = x.shape
-    for i in prange(n):
-        row = x[i]
-        m = row_max(row)
-        # H = log s - sum_c e_c z_c / s with z_c = x_c - m (e_c = 0 for impossible classes)
-        s = 0.0
-        ez = 0.0
-        for k in range(c):
-            z = row[k] - m
-            e = vexp(z)
-            s += e
-            ez += np.float64(e) * z if e > 0 else 0.0
-        if poisoned(m, s):
-            _poison(loss, grad, i, write_grad)
-            continue
-        log_s = math.log(s)
-        h = log_s - ez / s
-        loss[i] = h
-        if write_grad:
-            # dH/dx_j = -p_j (log p_j + H), log p_j = z_j - log s; recomputed from the row
-            # so that out=logits (grad is the row) stays correct
-            g = grad[i]
-            si = scale[i]
-            inv_s = 1.0 / s
-            for k in range(c):
-                z = np.float64(row[k] - m)
-                p = vexp(z) * inv_s
-                g[k] = like(-si * p * (z - log_s + h), g) if p > 0 else like(0.0, g)
-
-
-def entropy(x, scale, loss, grad):
-    g, write = _grad_arg(grad, x)
-    scale = np.zeros(0) if scale is None else scale
-    _entropy_kernel(_readable(x), scale, loss, g, write)
-
-
-# --------------------------------------------------------------------------------- elementwise
-
-@njit(**JIT)
-def _softplus(v):
-    """log(1 + e^v) = max(v, 0) + log1p(e^-|v|): no overflow, full accuracy for v << 0."""
-    return (v if v > 0.0 else 0.0) + math.log1p(math.exp(-abs(v)))
-
-
-@njit(**JIT)
-def _sigmoid(v):
-    e = math.exp(-abs(v))
-    return 1.0 / (1.0 + e) if v >= 0.0 else e / (1.0 + e)
-
-
-@njit(**PARALLEL)
-def _bce_kernel(x, target, weight, has_weight, pos_weight, has_pos_weight, scale, loss,
-                per_element, grad, write_grad):
-    n, c = x.shape
-    for i in prange(n):
+def _element_rows(lo, hi, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                  loss_code, scale, loss, per_element, grad, write_grad):
+    c = x.shape[1]
+    for i in range(lo, hi):
         row_sum = 0.0
         for k in range(c):
             v = np.float64(x[i, k])
             t = np.float64(target[i, k])
             w = weight[i, k] if has_weight else 1.0
-            a = pos_weight[k] * t if has_pos_weight else t  # coefficient of -log sigma(v)
-            b = 1.0 - t  # coefficient of -log(1 - sigma(v))
-            value = w * ((a * _softplus(-v) if a != 0.0 else 0.0)
-                         + (b * _softplus(v) if b != 0.0 else 0.0))
+            pw = pos_weight[k] if has_pos_weight else 1.0
+            value = hooks.element_value(loss_code, v, t, w, pw)
             if per_element:
                 loss[i, k] = value
             else:
                 row_sum += value
             if write_grad:
-                d = w * (b * _sigmoid(v) - a * _sigmoid(-v))
-                grad[i, k] = like(scale[i, k] * d, grad)
+                grad[i, k] = like(scale[i, k] * hooks.element_slope(loss_code, v, t, w, pw),
+                                  grad)
         if not per_element:
             loss[i, 0] = row_sum
 
 
-def bce(x, target, weight, pos_weight, scale, loss, grad):
-    g, write = _grad_arg(grad, x)
-    scale = np.zeros((0, 0)) if scale is None else scale
-    w = np.zeros((0, 0)) if weight is None else weight
-    pw = np.zeros(0) if pos_weight is None else pos_weight
-    _bce_kernel(_readable(x), _readable(target), w, weight is not None, pw,
-                pos_weight is not None, scale, _as_2d(loss), loss.ndim == 2,
-                g, write)
+@njit(**KERNEL)
+def _elementwise(lo, hi, x, target, weight, has_weight, pos_weight, has_pos_weight, loss_code,
+                 scale, loss, per_element, grad, write_grad):
+    """``loss`` is (N, C) (``per_element``) or (N, 1) row sums; ``scale`` and ``weight`` may
+    be broadcast views.  Constant flags in each call: LLVM specialises the loops."""
+    if loss_code == hooks.MSE:
+        _element_rows(lo, hi, x, target, weight, False, pos_weight, False, hooks.MSE, scale,
+                      loss, per_element, grad, write_grad)
+    else:
+        _element_rows(lo, hi, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                      hooks.BCE, scale, loss, per_element, grad, write_grad)
 
 
-@njit(**PARALLEL)
-def _mse_kernel(x, target, scale, loss, per_element, grad, write_grad):
+def _run_elementwise(loss_code, x, target, weight, pos_weight, scale, loss, grad, n_threads):
+    g, write_grad = _grad_arg(grad, x)
+    x, target = _readable(x), _readable(target)
     n, c = x.shape
-    for i in prange(n):
-        row_sum = 0.0
-        for k in range(c):
-            d = np.float64(x[i, k]) - np.float64(target[i, k])
-            if per_element:
-                loss[i, k] = d * d
-            else:
-                row_sum += d * d
-            if write_grad:
-                grad[i, k] = like(2.0 * scale[i, k] * d, grad)
-        if not per_element:
-            loss[i, 0] = row_sum
+    run_ranges(_elementwise, n, c, n_threads, x, target,
+               _NO_ELEMENTS if weight is None else weight, weight is not None,
+               _NO_ROWS if pos_weight is None else pos_weight, pos_weight is not None,
+               loss_code, _NO_ELEMENTS if scale is None else scale,
+               loss if loss.ndim == 2 else loss[:, None], loss.ndim == 2, g, write_grad)
 
 
-def _as_2d(loss):
-    return loss if loss.ndim == 2 else loss[:, None]
+def binary_cross_entropy(x, target, weight, pos_weight, scale, loss, grad, n_threads):
+    _run_elementwise(hooks.BCE, x, target, weight, pos_weight, scale, loss, grad, n_threads)
 
 
-def mse(x, target, scale, loss, grad):
-    g, write = _grad_arg(grad, x)
-    scale = np.zeros((0, 0)) if scale is None else scale
-    _mse_kernel(_readable(x), _readable(target), scale, _as_2d(loss),
-                loss.ndim == 2, g, write)
+def mse(x, target, scale, loss, grad, n_threads):
+    _run_elementwise(hooks.MSE, x, target, None, None, scale, loss, grad, n_threads)
 
 
 # --------------------------------------------------------------------------------- transforms
 
-@njit(**PARALLEL)
-def _softmax_kernel(x, out, log):
+@njit(**KERNEL)
+def _softmax_rows(lo, hi, x, out, log, block_max):
+    c = x.shape[1]
+    for i in range(lo, hi):
+        row = x[i]
+        if log:
+            m, s = online_sum_exp(row)
+        else:
+            m, s = exp_blocks(row, out[i], block_max, False)
+        if poisoned(m, s):
+            fill_row(out[i], NAN)
+        elif log:
+            log_s = math.log(s)
+            for k in range(c):
+                out[i, k] = like((np.float64(row[k]) - m) - log_s, out)
+        else:
+            scale_blocks(out[i], block_max, m, 1.0 / s)
+
+
+def _run_softmax_rows(x, out, log, n_threads):
+    x = _readable(x)
     n, c = x.shape
-    rows, n_chunks = _chunking(n, c)
-    for chunk in prange(n_chunks):
-        block_max = np.empty((c + BLOCK - 1) // BLOCK)
-        for i in range(chunk * rows, min(n, chunk * rows + rows)):
-            row = x[i]
-            if log:
-                m, s = online_sum_exp(row)
-            else:
-                m, s = exp_blocks(row, out[i], block_max, False)
-            if poisoned(m, s):
-                fill_row(out[i], NAN)
-            elif log:
-                log_s = math.log(s)
-                for k in range(c):
-                    out[i, k] = like((np.float64(row[k]) - m) - log_s, out)
-            else:
-                scale_blocks(out[i], block_max, m, 1.0 / s)
+
+    def rows(lo, hi):
+        _softmax_rows(lo, hi, x, out, log, np.empty(_n_blocks(c)))
+
+    run_ranges(rows, n, c, n_threads)
 
 
-def softmax(x, out):
-    _softmax_kernel(_readable(x), out, False)
+def softmax(x, out, n_threads):
+    _run_softmax_rows(x, out, False, n_threads)
 
 
-def log_softmax(x, out):
-    _softmax_kernel(_readable(x), out, True)
+def log_softmax(x, out, n_threads):
+    _run_softmax_rows(x, out, True, n_threads)
 
 
-@njit(**PARALLEL)
-def _logsumexp_kernel(x, out):
-    n, c = x.shape
-    for i in prange(n):
+@njit(**KERNEL)
+def _logsumexp_rows(lo, hi, x, out):
+    for i in range(lo, hi):
         row = x[i]
         m = row_max(row)
         s = sum_exp(row, m)
-        if poisoned(m, s):
-            has_nan = False
-            for k in range(c):
-                has_nan |= row[k] != row[k]
-            out[i] = NAN if has_nan else m  # +inf row: +inf; all -inf: -inf
-            continue
-        out[i] = m + math.log(s)
+        out[i] = poisoned_lse(row) if poisoned(m, s) else m + math.log(s)
 
 
-def logsumexp(x, out):
-    _logsumexp_kernel(_readable(x), out)
+def logsumexp(x, out, n_threads):
+    x = _readable(x)
+    run_ranges(_logsumexp_rows, x.shape[0], x.shape[1], n_threads, x, out)
 
 
 # --------------------------------------------------------------------------------- baselines
 
-@njit(**PARALLEL)
-def _copy_rows(src, dst):
-    for i in prange(src.shape[0]):
+@njit(**KERNEL)
+def _copy_rows(lo, hi, src, dst):
+    for i in range(lo, hi):
         for k in range(src.shape[1]):
             dst[i, k] = src[i, k]
 
 
-@njit(**PARALLEL)
-def _read_rows(src, out):
-    for i in prange(src.shape[0]):
+@njit(**KERNEL)
+def _read_rows(lo, hi, src, out):
+    for i in range(lo, hi):
         s = 0.0
         for k in range(src.shape[1]):
             s += src[i, k]
         out[i] = s
 
 
-def parallel_copy(src, dst):
-    """The physical limit of a fused forward+backward: read every logit, write every grad."""
-    _copy_rows(src, dst)
+def parallel_copy(src, dst, n_threads=None):
+    """The physical limit of a fused forward+backward: read every logit, write every grad.
+    ``n_threads`` defaults to every core."""
+    run_ranges(_copy_rows, src.shape[0], src.shape[1], n_threads or os.cpu_count() or 1,
+               src, dst)
 
 
-def parallel_read(src, out):
+def parallel_read(src, out, n_threads=None):
     """The physical limit of a forward pass: read every logit once."""
-    _read_rows(src, out)
+    run_ranges(_read_rows, src.shape[0], src.shape[1], n_threads or os.cpu_count() or 1,
+               src, out)

@@ -1,30 +1,35 @@
 """The ``cuda`` backend: the losses on an NVIDIA GPU through Numba (package ``numba-cuda``).
 
-One thread block per row (rows grid-strided over the blocks).  Each thread keeps an online
-(max, sum of exp) over its strided share of the row; the block folds them in a fixed tree in
-shared memory, so the result does not depend on scheduling (no floating-point atomics), and
-the same kernel then writes the gradient.  Per-row losses come back to the host, where
+One kernel per kernel shape (docs/design.md section 3); the loss math is in
+:mod:`fastloss._ext.numba_hooks`, compiled here as device functions (the CPU backend compiles
+the same functions).  Softmax shapes: one thread block per row (rows grid-strided over the
+blocks).  Each thread keeps an online (max, sum of exp) over its strided share of the row; the
+block folds them in a fixed tree in shared memory, so the result does not depend on scheduling
+(no floating-point atomics), and the same kernel then writes the gradient.  Each thread reads
+and writes only its own share of a row, so ``out=logits`` (the gradient is the logits) is
+safe.  Elementwise shape: one thread per element.  Per-row losses come back to the host, where
 :mod:`fastloss._api` reduces the batch in a fixed order, as for every backend.
 
-Inputs may be NumPy arrays (copied to the GPU and back) or GPU arrays: Numba device arrays or
-anything with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors), used in place; the
-gradient is returned on the side of the logits.  Imported only when asked for, so fastloss
-works where numba-cuda or a GPU is missing.  ``NUMBA_ENABLE_CUDASIM=1`` runs it on Numba's
-simulator (the tests do, with a small block so that rows span several threads).
+Inputs may be NumPy arrays (copied to the GPU and back inside the kernel call) or GPU arrays:
+Numba device arrays or anything with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA
+tensors), used in place; the gradient is returned on the side of the logits.  Imported only
+when asked for, so fastloss works where numba-cuda or a GPU is missing.
+``NUMBA_ENABLE_CUDASIM=1`` runs it on Numba's simulator (the tests do, with a small block so
+that rows span several threads).  ``n_threads`` (CPU threads) is ignored.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 
 import numpy as np
 
 from .._validate import as_device_array, is_device_array
+from . import numba_hooks
 
 try:  # the reason is reported by unavailable_reason()
-    from numba import cuda, float64
+    from numba import cuda, float64, int64
     _IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - depends on the environment
     cuda = None
@@ -49,33 +54,20 @@ def unavailable_reason():
     return None
 
 
-def thread_limit(n_threads):
-    return contextlib.nullcontext()  # GPU threads are not the CPU threads n_threads counts
-
-
 # ------------------------------------------------------------------------------ device code
 
 if cuda is not None:
+    hooks = numba_hooks.compile_hooks(cuda.jit(device=True, inline="always"),
+                                      "fastloss._ext.numba_cuda.hooks")
 
-    @cuda.jit(device=True, inline=True)
-    def _fold(m1, s1, m2, s2):
-        """(m, s = sum exp(x - m)) of two parts.  A part with m = -inf saw only impossible
-        classes (s = 0) or a NaN (s = NaN), which must survive the fold."""
-        if m1 == -INF:
-            return m2, s2 + s1
-        if m2 == -INF:
-            return m1, s1 + s2
-        if m1 >= m2:
-            return m1, s1 + s2 * math.exp(m2 - m1)
-        return m2, s2 + s1 * math.exp(m1 - m2)
-
-    @cuda.jit(device=True, inline=True)
-    def _row_max_sum(x, i, c, tid, nt, sm_m, sm_s):
-        """The row's (m, s), folded over the block; every thread gets it."""
+    @cuda.jit(device=True, inline="always")
+    def _row_max_sum(x, i, c, tid, nt, softcap, inv_temperature, sm_m, sm_s):
+        """``(m, s)`` of the transformed row ``z(x_i)``, folded over the block; every thread
+        gets it."""
         m = -INF
         s = 0.0
         for j in range(tid, c, nt):
-            v = float64(x[i, j])
+            v, _ = hooks.transform(float64(x[i, j]), softcap, inv_temperature)
             if v > m:
                 s = s * math.exp(m - v) + 1.0 if m != -INF else s + 1.0  # s: 0, or NaN
                 m = v
@@ -87,7 +79,8 @@ if cuda is not None:
         stride = nt // 2
         while stride > 0:
             if tid < stride:
-                m2, s2 = _fold(sm_m[tid], sm_s[tid], sm_m[tid + stride], sm_s[tid + stride])
+                m2, s2 = hooks.fold(sm_m[tid], sm_s[tid], sm_m[tid + stride],
+                                    sm_s[tid + stride])
                 sm_m[tid] = m2
                 sm_s[tid] = s2
             cuda.syncthreads()
@@ -97,7 +90,7 @@ if cuda is not None:
         cuda.syncthreads()  # everyone has read before the memory is reused
         return m, s
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True, inline="always")
     def _block_sum(value, tid, nt, sm):
         sm[tid] = value
         cuda.syncthreads()
@@ -111,171 +104,128 @@ if cuda is not None:
         cuda.syncthreads()
         return total
 
-    @cuda.jit(device=True, inline=True)
-    def _poisoned(m, s):
-        return not (s == s) or m == INF or m == -INF
+    @cuda.jit(device=True, inline="always")
+    def _poisoned_lse(x, i, c, tid, nt, softcap, inv_temperature, sm):
+        """``logsumexp`` of a poisoned row (the whole block calls it)."""
+        n_nan = 0.0
+        n_pos_inf = 0.0
+        for j in range(tid, c, nt):
+            v, _ = hooks.transform(float64(x[i, j]), softcap, inv_temperature)
+            if v != v:
+                n_nan += 1.0
+            elif v == INF:
+                n_pos_inf += 1.0
+        n_nan = _block_sum(n_nan, tid, nt, sm)
+        n_pos_inf = _block_sum(n_pos_inf, tid, nt, sm)
+        return hooks.poisoned_lse(n_nan > 0.0, n_pos_inf > 0.0)
+
+    # -------------------------------------------------- shape 1: softmax, linear in log p
 
     @cuda.jit
-    def _ce_index_kernel(x, target, weight, ignore_index, eps, w_total, scale, loss, grad,
-                         write_grad):
-        sm_m = cuda.shared.array(MAX_THREADS, float64)
-        sm_s = cuda.shared.array(MAX_THREADS, float64)
-        n, c = x.shape
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        eps_c = eps / c
-        for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-            y = target[i]
-            if y == ignore_index:  # the same branch for the whole block
-                if tid == 0:
-                    loss[i] = 0.0
-                if write_grad:
-                    for j in range(tid, c, nt):
-                        grad[i, j] = 0.0
-                continue
-            x_y = float64(x[i, y])  # read before any thread writes the gradient
-            a_y = (1.0 - eps) * weight[y]
-            wx = 0.0
-            if eps > 0.0:
-                for j in range(tid, c, nt):
-                    w = weight[j]
-                    if w != 0.0:
-                        wx += w * float64(x[i, j])
-            m, s = _row_max_sum(x, i, c, tid, nt, sm_m, sm_s)
-            if eps > 0.0:
-                wx = _block_sum(wx, tid, nt, sm_s)
-            bad = _poisoned(m, s)
-            log_s = math.log(s) if not bad else 0.0
-            if tid == 0:
-                value = a_y * ((m - x_y) + log_s) if a_y != 0.0 else 0.0
-                if eps > 0.0:
-                    value += eps_c * ((w_total * m - wx) + w_total * log_s)
-                loss[i] = NAN if bad else value
-            if write_grad:
-                # d loss / d x_c = A p_c - a_c, A = a_y + eps/C W, a_c = eps/C w_c + [c=y] a_y
-                si = scale[i]
-                big_a = a_y + eps_c * w_total
-                for j in range(tid, c, nt):
-                    if bad:
-                        grad[i, j] = NAN
-                    else:
-                        p = math.exp(float64(x[i, j]) - m) / s
-                        a = eps_c * weight[j] + (a_y if j == y else 0.0)
-                        grad[i, j] = si * (big_a * p - a)
-            cuda.syncthreads()
-
-    @cuda.jit
-    def _coef_kernel(x, target, weight, eps, kind, scale, loss, grad, write_grad):
-        """Losses of the form sum_c a_c (-log p_c) + const with targets as a full row:
-        kind 0: cross-entropy with probabilities, a_c = w_c ((1-eps) t_c + eps/C);
-        kind 1: KL with probabilities (a_c = t_c, plus sum t log t);
-        kind 2: KL with log-probabilities (a_c = exp(t_c), plus sum a_c t_c)."""
-        sm_m = cuda.shared.array(MAX_THREADS, float64)
-        sm_s = cuda.shared.array(MAX_THREADS, float64)
-        n, c = x.shape
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        eps_c = eps / c
-        for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-            big_a = 0.0
-            ax = 0.0
-            extra = 0.0  # sum t log t for KL
-            for j in range(tid, c, nt):
-                t = float64(target[i, j])
-                if kind == 0:
-                    a = weight[j] * ((1.0 - eps) * t + eps_c)
-                elif kind == 1:
-                    a = t
-                    if t != 0.0:
-                        extra += t * math.log(t)
-                else:
-                    a = math.exp(t)
-                    if a != 0.0:
-                        extra += a * t
-                big_a += a
-                if a != 0.0:
-                    ax += a * float64(x[i, j])
-            m, s = _row_max_sum(x, i, c, tid, nt, sm_m, sm_s)
-            big_a = _block_sum(big_a, tid, nt, sm_s)
-            ax = _block_sum(ax, tid, nt, sm_s)
-            extra = _block_sum(extra, tid, nt, sm_s)
-            bad = _poisoned(m, s)
-            if tid == 0:
-                loss[i] = NAN if bad else extra + (big_a * m - ax) + big_a * math.log(s)
-            if write_grad:
-                si = scale[i]
-                for j in range(tid, c, nt):
-                    if bad:
-                        grad[i, j] = NAN
-                    else:
-                        t = float64(target[i, j])
-                        if kind == 0:
-                            a = weight[j] * ((1.0 - eps) * t + eps_c)
-                        elif kind == 1:
-                            a = t
-                        else:
-                            a = math.exp(t)
-                        p = math.exp(float64(x[i, j]) - m) / s
-                        grad[i, j] = si * (big_a * p - a)
-            cuda.syncthreads()
-
-    @cuda.jit
-    def _softmax_mse_kernel(x, target_index, target_prob, use_index, scale, loss, grad,
-                            write_grad):
+    def _softmax_linear_kernel(x, target, sparse, ignore_index, weight, keep, eps_c,
+                               log_target, kl, softcap, inv_temperature, z_grad, scale, loss,
+                               lse, grad, write_grad, write_lse):
+        """loss_i = sum_c a_ic (-log p_ic) + const_i, d loss_i / d z_ic = A'_i p_ic - a_ic,
+        times dz/dx.  ``target``: (N, 1) class indices (``sparse``) or (N, C) (log-)
+        probabilities; KL is ``w = 1, eps = 0, kl`` (const = sum t log t)."""
         sm_m = cuda.shared.array(MAX_THREADS, float64)
         sm_s = cuda.shared.array(MAX_THREADS, float64)
         n, c = x.shape
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
         for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-            y = target_index[i] if use_index else -1
-            m, s = _row_max_sum(x, i, c, tid, nt, sm_m, sm_s)
-            bad = _poisoned(m, s)
-            sq = 0.0
-            dot = 0.0
+            y = int64(-1)
+            if sparse:
+                y = int64(target[i, 0])
+                if y == ignore_index:  # the same branch for the whole block
+                    if tid == 0:
+                        loss[i] = 0.0
+                        if write_lse:
+                            lse[i] = 0.0
+                    if write_grad:
+                        for j in range(tid, c, nt):
+                            grad[i, j] = 0.0
+                    continue
+            m, s = _row_max_sum(x, i, c, tid, nt, softcap, inv_temperature, sm_m, sm_s)
+            bad = hooks.poisoned(m, s)
+            big_a = 0.0  # A = sum_c a_c
+            a_gap = 0.0  # sum_c a_c (m - z_c), 0 * inf counted as 0
+            const = 0.0
             if not bad:
                 for j in range(tid, c, nt):
-                    p = math.exp(float64(x[i, j]) - m) / s
-                    t = (1.0 if j == y else 0.0) if use_index else float64(target_prob[i, j])
-                    sq += (p - t) * (p - t)
-                    dot += (p - t) * p
-            sq = _block_sum(sq, tid, nt, sm_s)
-            dot = _block_sum(dot, tid, nt, sm_s)
+                    if sparse:
+                        t = 1.0 if j == y else 0.0
+                    else:
+                        t = hooks.target_prob(float64(target[i, j]), log_target)
+                    a = hooks.ce_coef(t, weight[j], keep, eps_c)
+                    big_a += a
+                    if a != 0.0:  # x is read only where it counts (eps = 0: at y)
+                        z, _ = hooks.transform(float64(x[i, j]), softcap, inv_temperature)
+                        a_gap += hooks.weighted(a, m - z)
+                    if kl:
+                        const += hooks.target_t_log_t(float64(target[i, j]), log_target)
+            big_a = _block_sum(big_a, tid, nt, sm_s)
+            a_gap = _block_sum(a_gap, tid, nt, sm_s)
+            if kl:
+                const = _block_sum(const, tid, nt, sm_s)
+            log_s = 0.0
+            if bad:
+                lse_i = NAN
+                if write_lse:
+                    lse_i = _poisoned_lse(x, i, c, tid, nt, softcap, inv_temperature, sm_s)
+            else:
+                log_s = math.log(s)
+                lse_i = m + log_s
             if tid == 0:
-                loss[i] = NAN if bad else sq
+                loss[i] = NAN if bad else hooks.linear_loss(big_a, a_gap, const, log_s)
+                if write_lse:
+                    lse[i] = lse_i
             if write_grad:
-                two_scale = 2.0 * scale[i]
+                si = scale[i]
+                big_a_p = hooks.p_coef(big_a, z_grad, lse_i)
                 for j in range(tid, c, nt):
                     if bad:
                         grad[i, j] = NAN
                     else:
-                        p = math.exp(float64(x[i, j]) - m) / s
-                        t = (1.0 if j == y else 0.0) if use_index else float64(target_prob[i, j])
-                        grad[i, j] = two_scale * p * (p - t - dot)
+                        z, slope = hooks.transform(float64(x[i, j]), softcap, inv_temperature)
+                        if sparse:
+                            t = 1.0 if j == y else 0.0
+                        else:
+                            t = hooks.target_prob(float64(target[i, j]), log_target)
+                        a = hooks.ce_coef(t, weight[j], keep, eps_c)
+                        p = math.exp(z - m) / s
+                        grad[i, j] = si * (big_a_p * p - a) * slope
             cuda.syncthreads()
 
+    # -------------------------------------------------- shape 2: softmax, function of p
+
     @cuda.jit
-    def _entropy_kernel(x, scale, loss, grad, write_grad):
+    def _softmax_fn_kernel(x, target, sparse, loss_code, scale, loss, grad, write_grad):
+        """loss_i = sum_c term(p_ic, t_ic), d loss_i / d z_ij = p_ij (phi_ij - sum_k p_ik phi_ik).
+        ``target``: (N, 1) class indices (``sparse``) or (N, C); the entropy passes ``x``."""
         sm_m = cuda.shared.array(MAX_THREADS, float64)
         sm_s = cuda.shared.array(MAX_THREADS, float64)
         n, c = x.shape
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
         for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-            m, s = _row_max_sum(x, i, c, tid, nt, sm_m, sm_s)
-            bad = _poisoned(m, s)
-            ez = 0.0  # sum_c e_c z_c, z = x - m
+            y = int64(target[i, 0]) if sparse else int64(-1)
+            m, s = _row_max_sum(x, i, c, tid, nt, 0.0, 1.0, sm_m, sm_s)
+            bad = hooks.poisoned(m, s)
+            log_s = math.log(s) if not bad else 0.0
+            value = 0.0
+            dot = 0.0  # sum_k p_k phi_k
             if not bad:
                 for j in range(tid, c, nt):
                     z = float64(x[i, j]) - m
-                    e = math.exp(z)
-                    if e > 0.0:
-                        ez += e * z
-            ez = _block_sum(ez, tid, nt, sm_s)
-            log_s = math.log(s) if not bad else 0.0
-            h = log_s - ez / s
+                    p = math.exp(z) / s
+                    t = (1.0 if j == y else 0.0) if sparse else float64(target[i, j])
+                    value += hooks.p_term(loss_code, p, z - log_s, t)
+                    dot += p * hooks.p_phi(loss_code, p, z - log_s, t)
+            value = _block_sum(value, tid, nt, sm_s)
+            dot = _block_sum(dot, tid, nt, sm_s)
             if tid == 0:
-                loss[i] = NAN if bad else h
+                loss[i] = NAN if bad else value
             if write_grad:
                 si = scale[i]
                 for j in range(tid, c, nt):
@@ -284,23 +234,16 @@ if cuda is not None:
                     else:
                         z = float64(x[i, j]) - m
                         p = math.exp(z) / s
-                        grad[i, j] = -si * p * (z - log_s + h) if p > 0.0 else 0.0
+                        t = (1.0 if j == y else 0.0) if sparse else float64(target[i, j])
+                        grad[i, j] = si * p * (hooks.p_phi(loss_code, p, z - log_s, t) - dot)
             cuda.syncthreads()
 
-    @cuda.jit(device=True, inline=True)
-    def _softplus(v):
-        return (v if v > 0.0 else 0.0) + math.log1p(math.exp(-abs(v)))
-
-    @cuda.jit(device=True, inline=True)
-    def _sigmoid(v):
-        e = math.exp(-abs(v))
-        return 1.0 / (1.0 + e) if v >= 0.0 else e / (1.0 + e)
+    # -------------------------------------------------- shape 3: elementwise
 
     @cuda.jit
-    def _elementwise_kernel(x, target, weight, has_weight, pos_weight, has_pos_weight, kind,
-                            scale, loss, grad, write_grad):
-        """kind 0: binary cross-entropy with logits; kind 1: squared error.  One thread per
-        element; loss holds the value of every element."""
+    def _elementwise_kernel(x, target, weight, has_weight, pos_weight, has_pos_weight,
+                            loss_code, scale, loss, grad, write_grad):
+        """One thread per element; ``loss`` holds the value of every element."""
         n, c = x.shape
         start = cuda.grid(1)
         for flat in range(start, n * c, cuda.gridsize(1)):
@@ -308,22 +251,13 @@ if cuda is not None:
             k = flat - i * c
             v = float64(x[i, k])
             t = float64(target[i, k])
-            if kind == 0:
-                w = weight[i, k] if has_weight else 1.0
-                a = pos_weight[k] * t if has_pos_weight else t
-                b = 1.0 - t
-                value = 0.0
-                if a != 0.0:
-                    value += a * _softplus(-v)
-                if b != 0.0:
-                    value += b * _softplus(v)
-                loss[i, k] = w * value
-                d = w * (b * _sigmoid(v) - a * _sigmoid(-v))
-            else:
-                loss[i, k] = (v - t) * (v - t)
-                d = 2.0 * (v - t)
+            w = weight[i, k] if has_weight else 1.0
+            pw = pos_weight[k] if has_pos_weight else 1.0
+            loss[i, k] = hooks.element_value(loss_code, v, t, w, pw)
             if write_grad:
-                grad[i, k] = scale[i, k] * d
+                grad[i, k] = scale[i, k] * hooks.element_slope(loss_code, v, t, w, pw)
+
+    # -------------------------------------------------- transforms
 
     @cuda.jit
     def _softmax_kernel(x, out, mode):
@@ -334,11 +268,14 @@ if cuda is not None:
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
         for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-            m, s = _row_max_sum(x, i, c, tid, nt, sm_m, sm_s)
-            bad = _poisoned(m, s)
+            m, s = _row_max_sum(x, i, c, tid, nt, 0.0, 1.0, sm_m, sm_s)
+            bad = hooks.poisoned(m, s)
             if mode == 2:
+                value = NAN
+                if bad:
+                    value = _poisoned_lse(x, i, c, tid, nt, 0.0, 1.0, sm_s)
                 if tid == 0:
-                    out[i, 0] = m + math.log(s) if not bad else (m if s == s else NAN)
+                    out[i, 0] = m + math.log(s) if not bad else value
             else:
                 log_s = math.log(s) if not bad else 0.0
                 for j in range(tid, c, nt):
@@ -350,6 +287,10 @@ if cuda is not None:
                     else:
                         out[i, j] = z - log_s
             cuda.syncthreads()
+
+
+KERNELS = ("_softmax_linear_kernel", "_softmax_fn_kernel", "_elementwise_kernel",
+           "_softmax_kernel")
 
 
 # ------------------------------------------------------------------------------ host side
@@ -367,8 +308,12 @@ def as_device(a):
     return cuda.to_device(np.ascontiguousarray(a))
 
 
-def rows(a, n_cols):
-    """A C-contiguous (rows, n_cols) view of a GPU array."""
+def as_rows(a, n_cols, dtype):
+    """A C-contiguous ``(rows, n_cols)`` array: a view of a GPU array (used in place, its
+    dtype kept), or, for a host array, a NumPy array of ``dtype`` (copied over in the kernel
+    call)."""
+    if not is_device(a):
+        return np.ascontiguousarray(a, dtype=dtype).reshape(-1, n_cols)
     d = as_device_array(a)
     if not d.is_c_contiguous():
         raise ValueError("GPU arrays must be C-contiguous (non-contiguous GPU input is not "
@@ -380,91 +325,127 @@ def empty(shape, dtype):
     return cuda.device_array(shape, dtype=dtype)
 
 
-def _launch(n_rows):
-    threads = min(THREADS_PER_BLOCK, MAX_THREADS)
-    return max(1, min(n_rows, MAX_BLOCKS)), threads
+def _launch_rows(n_rows):
+    return max(1, min(n_rows, MAX_BLOCKS)), min(THREADS_PER_BLOCK, MAX_THREADS)
 
 
-def _device_grad(grad, like):
-    """(device buffer, whether it must be copied back into the host ``grad``)."""
-    if grad is None:
-        return cuda.device_array((1, 1), dtype=like.dtype), False
-    if is_device(grad):
-        return as_device_array(grad), False
-    return cuda.device_array(grad.shape, dtype=grad.dtype), True
+class _Out:
+    """A device buffer for an output: the output itself when it is a GPU array, else a new
+    one whose contents :meth:`finish` copies into the host array."""
+
+    def __init__(self, out, shape, dtype):
+        self.host = None if out is None or is_device(out) else out
+        if out is None:
+            self.device = cuda.device_array(shape, dtype=dtype)
+        elif self.host is None:
+            self.device = as_device_array(out)
+        else:
+            self.device = cuda.device_array(out.shape, dtype=out.dtype)
+
+    def finish(self):
+        if self.host is not None:
+            self.device.copy_to_host(self.host)
 
 
-def _run_rows(kernel, x, scale, loss, grad, *args):
-    """Launch a row kernel ``kernel(x, *args, scale, loss, grad, write_grad)`` and bring the
-    per-row losses (and a NumPy gradient) back to the host."""
+def _index_rows(d_target, n):
+    """Class indices as an (N, 1) device array (the kernels read ``target[i, 0]``)."""
+    return d_target.reshape(n, 1)
+
+
+def _softmax_linear(x, target, weight, ignore_index, label_smoothing, log_target, kl, softcap,
+                    inv_temperature, z_grad, scale, loss, lse, grad):
+    d_x = as_device(x)
+    n, c = d_x.shape
+    if n == 0:
+        return
+    sparse = len(target.shape) == 1
+    d_target = as_device(target)
+    if sparse:
+        d_target = _index_rows(d_target, n)
+    out_loss = _Out(loss, (n,), np.float64)
+    out_lse = _Out(lse, (1,), np.float64)
+    out_grad = _Out(grad, (1, 1), d_x.dtype)
+    d_scale = as_device(np.zeros(1) if scale is None else scale)
+    _softmax_linear_kernel[_launch_rows(n)](
+        d_x, d_target, sparse, ignore_index, as_device(weight), 1.0 - label_smoothing,
+        label_smoothing / c if c else 0.0, log_target, kl, float(softcap),
+        float(inv_temperature), float(z_grad), d_scale, out_loss.device, out_lse.device,
+        out_grad.device, grad is not None, lse is not None)
+    out_loss.finish()
+    if lse is not None:
+        out_lse.finish()
+    if grad is not None:
+        out_grad.finish()
+
+
+def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv_temperature,
+                  z_grad, scale, loss, lse, grad, n_threads):
+    if weight is None:
+        weight = np.ones(x.shape[1])
+    _softmax_linear(x, target, weight, ignore_index, float(label_smoothing), False, False,
+                    softcap, inv_temperature, z_grad, scale, loss, lse, grad)
+
+
+def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
+    _softmax_linear(x, target, np.ones(x.shape[1]), -1, 0.0, bool(log_target), True, 0.0, 1.0,
+                    0.0, scale, loss, None, grad)
+
+
+def _softmax_fn(x, target, loss_code, scale, loss, grad):
     d_x = as_device(x)
     n = d_x.shape[0]
     if n == 0:
         return
-    d_grad, copy_back = _device_grad(grad, d_x)
-    d_loss = cuda.device_array(n, dtype=np.float64)
-    blocks, threads = _launch(n)
-    d_scale = as_device(np.zeros(n) if scale is None else scale)
-    kernel[blocks, threads](d_x, *args, d_scale, d_loss, d_grad, grad is not None)
-    d_loss.copy_to_host(loss)
-    if copy_back:
-        d_grad.copy_to_host(grad)
+    sparse = len(target.shape) == 1
+    d_target = d_x if target is x else as_device(target)
+    if sparse:
+        d_target = _index_rows(d_target, n)
+    out_loss = _Out(loss, (n,), np.float64)
+    out_grad = _Out(grad, (1, 1), d_x.dtype)
+    d_scale = as_device(np.zeros(1) if scale is None else scale)
+    _softmax_fn_kernel[_launch_rows(n)](d_x, d_target, sparse, loss_code, d_scale,
+                                        out_loss.device, out_grad.device, grad is not None)
+    out_loss.finish()
+    if grad is not None:
+        out_grad.finish()
 
 
-def ce(x, target, weight, ignore_index, eps, scale, loss, grad):
-    if len(target.shape) == 1:
-        _run_rows(_ce_index_kernel, x, scale, loss, grad, as_device(target), as_device(weight),
-                  ignore_index, eps, float(np.sum(weight)))
-    else:
-        _run_rows(_coef_kernel, x, scale, loss, grad, as_device(target), as_device(weight),
-                  eps, 0)
+def softmax_mse(x, target, scale, loss, grad, n_threads):
+    _softmax_fn(x, target, numba_hooks.SOFTMAX_MSE, scale, loss, grad)
 
 
-def kl(x, target, log_target, scale, loss, grad):
-    _run_rows(_coef_kernel, x, scale, loss, grad, as_device(target), as_device(np.ones(1)),
-              0.0, 2 if log_target else 1)
+def entropy(x, scale, loss, grad, n_threads):
+    _softmax_fn(x, x, numba_hooks.ENTROPY, scale, loss, grad)
 
 
-def softmax_mse(x, target, scale, loss, grad):
-    use_index = len(target.shape) == 1
-    dtype = x.dtype
-    index = as_device(target) if use_index else as_device(np.zeros(1, np.int64))
-    prob = as_device(target) if not use_index else as_device(np.zeros((1, 1), dtype))
-    _run_rows(_softmax_mse_kernel, x, scale, loss, grad, index, prob, use_index)
-
-
-def entropy(x, scale, loss, grad):
-    _run_rows(_entropy_kernel, x, scale, loss, grad)
-
-
-def _elementwise(kind, x, target, weight, pos_weight, scale, loss, grad):
+def _elementwise(loss_code, x, target, weight, pos_weight, scale, loss, grad):
     d_x = as_device(x)
     n, c = d_x.shape
     if n * c == 0:
         return
-    d_grad, copy_back = _device_grad(grad, d_x)
+    out_grad = _Out(grad, (1, 1), d_x.dtype)
     d_loss = cuda.device_array((n, c), dtype=np.float64)
     d_scale = as_device(np.ascontiguousarray(scale) if scale is not None else np.zeros((1, 1)))
+    d_weight = as_device(np.ascontiguousarray(weight) if weight is not None
+                         else np.zeros((1, 1)))
+    d_pos_weight = as_device(pos_weight if pos_weight is not None else np.zeros(1))
     threads = min(THREADS_PER_BLOCK, MAX_THREADS)
     blocks = max(1, min((n * c + threads - 1) // threads, MAX_BLOCKS))
     _elementwise_kernel[blocks, threads](
-        d_x, as_device(target),
-        as_device(np.ascontiguousarray(weight)) if weight is not None else as_device(
-            np.zeros((1, 1))), weight is not None,
-        as_device(pos_weight) if pos_weight is not None else as_device(np.zeros(1)),
-        pos_weight is not None, kind, d_scale, d_loss, d_grad, grad is not None)
+        d_x, as_device(target), d_weight, weight is not None, d_pos_weight,
+        pos_weight is not None, loss_code, d_scale, d_loss, out_grad.device, grad is not None)
     values = d_loss.copy_to_host()
     loss[...] = values.sum(axis=1) if loss.ndim == 1 else values
-    if copy_back:
-        d_grad.copy_to_host(grad)
+    if grad is not None:
+        out_grad.finish()
 
 
-def bce(x, target, weight, pos_weight, scale, loss, grad):
-    _elementwise(0, x, target, weight, pos_weight, scale, loss, grad)
+def binary_cross_entropy(x, target, weight, pos_weight, scale, loss, grad, n_threads):
+    _elementwise(numba_hooks.BCE, x, target, weight, pos_weight, scale, loss, grad)
 
 
-def mse(x, target, scale, loss, grad):
-    _elementwise(1, x, target, None, None, scale, loss, grad)
+def mse(x, target, scale, loss, grad, n_threads):
+    _elementwise(numba_hooks.MSE, x, target, None, None, scale, loss, grad)
 
 
 def _transform(mode, x, out):
@@ -474,23 +455,18 @@ def _transform(mode, x, out):
         return
     d_out = cuda.device_array((n, c if mode < 2 else 1), dtype=np.float64 if mode == 2
                               else d_x.dtype)
-    blocks, threads = _launch(n)
-    _softmax_kernel[blocks, threads](d_x, d_out, mode)
+    _softmax_kernel[_launch_rows(n)](d_x, d_out, mode)
     host = d_out.copy_to_host()
     out[...] = host[:, 0] if mode == 2 else host
 
 
-def softmax(x, out):
+def softmax(x, out, n_threads):
     _transform(0, x, out)
 
 
-def log_softmax(x, out):
+def log_softmax(x, out, n_threads):
     _transform(1, x, out)
 
 
-def logsumexp(x, out):
+def logsumexp(x, out, n_threads):
     _transform(2, x, out)
-
-
-KERNELS = ("_ce_index_kernel", "_coef_kernel", "_softmax_mse_kernel", "_entropy_kernel",
-           "_elementwise_kernel", "_softmax_kernel")

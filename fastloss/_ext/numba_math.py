@@ -8,16 +8,24 @@ including ``z = -inf`` -> 0.
 
 Fast-math flags: everything except ``nnan`` and ``ninf``, which would let LLVM assume that no
 ``-inf`` exists -- and ``-inf`` logits mean "impossible class" here.
+
+This module also compiles the loss math of :mod:`fastloss._ext.numba_hooks` for the CPU
+(:data:`hooks`), and makes Numba's on-disk cache of the kernels depend on this file and on
+numba_hooks.py (:func:`_cache_follows_dependencies`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
+
+from . import numba_hooks
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # vexp drops "reassoc": it would let LLVM fold the two-part range reduction
@@ -28,6 +36,47 @@ JIT = dict(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
 # Row helpers are inlined into the kernels (Numba IR inlining): as separate functions each
 # call costs a few ns, which at 10 classes a row is most of the time.
 INLINE = dict(JIT, inline="always")
+
+
+
+def _cache_follows_dependencies():
+    """Numba checks a cached kernel against its own source file only: a kernel of numba_cpu.py
+    would survive an edit of the math it inlines from this file or numba_hooks.py (and a
+    reinstall: the cache files are not part of the package) and silently run the old math.
+    For functions defined in this directory, Numba's cache locators are extended so that the
+    source stamp also holds a hash of those two files.  Functions elsewhere are untouched."""
+    try:
+        from numba.core import caching
+        impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in 0.6x
+        bases = list(impl._locator_classes)
+    except (ImportError, AttributeError):  # pragma: no cover - another Numba: plain caching
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in ("numba_math.py", "numba_hooks.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    dependencies = digest.hexdigest()
+
+    class _FollowsDependencies:
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.dirname(os.path.abspath(py_file)) != here:
+                return None
+            return super().from_function(py_func, py_file)
+
+        def get_source_stamp(self):
+            return super().get_source_stamp(), dependencies
+
+    if any(getattr(c, "_fastloss", False) for c in bases):
+        return
+    impl._locator_classes = [
+        type(f"Fastloss{base.__name__}", (_FollowsDependencies, base),
+             {"_fastloss": True, "__module__": __name__})
+        for base in bases] + bases
+
+
+_cache_follows_dependencies()
 
 
 @intrinsic
@@ -140,6 +189,22 @@ def _vexp_overload(z):
     return None
 
 
+@njit(**INLINE)
+def vtanh(u):
+    """``tanh(u)`` of a float64 from :func:`vexp`: ``(1 - e) / (1 + e)``, ``e = exp(-2|u|)``;
+    vectorisable (a libm ``tanh`` is a call per element: 10x slower on the softcap path).
+    Within 2.5e-16 absolutely, which is what the softcap needs: ``softcap * tanh`` is a
+    logit, and a softmax sees its absolute error (tests/test_numba_math.py)."""
+    e = vexp(-2.0 * abs(u))
+    t = (1.0 - e) / (1.0 + e)
+    return t if u >= 0.0 else -t
+
+
+# The loss math of numba_hooks, compiled for the CPU: kernels call ``hooks.name(...)``.
+hooks = numba_hooks.compile_hooks(njit(**INLINE), "fastloss._ext.numba_math.hooks",
+                                  tanh=vtanh)
+
+
 # Loops below index blocks taken as slices (``row[start:stop]``, then ``range(len)``): Numba
 # wraps negative indices, so an index that LLVM cannot prove non-negative (``range(a, b)``,
 # ``j + offset``) turns every load into a gather -- 2x slower.
@@ -210,11 +275,21 @@ def row_max(row):
     return from_order_key(k, row[0])
 
 
+# A NaN row gives s or m NaN: row_max lets a NaN with a clear sign bit through, sum_exp
+# (and exp_blocks) the others.
+poisoned = hooks.poisoned
+
+
 @njit(**INLINE)
-def poisoned(m, s):
-    """A row whose results are NaN: it holds a NaN (which makes ``s`` NaN), a ``+inf``
-    (``m = inf``), or only ``-inf`` (``m = -inf``: nothing is possible)."""
-    return not (s == s) or m == np.inf or m == -np.inf
+def poisoned_lse(row):
+    """``logsumexp`` of a poisoned row (rare: a scan of the row)."""
+    any_nan = False
+    any_pos_inf = False
+    for j in range(row.shape[0]):
+        v = row[j]
+        any_nan |= v != v
+        any_pos_inf |= v == np.inf
+    return hooks.poisoned_lse(any_nan, any_pos_inf)
 
 
 @njit(**INLINE)
@@ -300,18 +375,6 @@ def _like_overload(value, arr):
 
 
 @njit(**INLINE)
-def _fold(m, s, m_b, s_b):
-    """Fold a block (m_b, s_b = sum exp(x - m_b)) into the running (m, s = sum exp(x - m))."""
-    if m_b == -np.inf:  # an impossible block adds nothing (its exp would be NaN)
-        return m, s
-    if m == -np.inf:  # the first block: no rescaling (and no exp: rows of 10 classes notice)
-        return m_b, s_b
-    if m_b > m:
-        return m_b, s * math.exp(m - m_b) + s_b
-    return m, s + s_b * math.exp(m_b - m)
-
-
-@njit(**INLINE)
 def exp_blocks(row, out, block_max, in_place):
     """Pass 1 into ``out``; ``in_place`` says that ``out`` is ``row``.  Returns ``(m, s)``;
     ``poisoned(m, s)`` tells a row with NaN, ``+inf`` or only ``-inf``."""
@@ -332,7 +395,7 @@ def exp_blocks(row, out, block_max, in_place):
             s_b = store_exp_in_place(target, m_b)
         else:
             s_b = store_exp(block, m_b, target)
-        m, s = _fold(m, s, m_b, s_b)
+        m, s = hooks.fold(m, s, m_b, s_b)
     return m, s
 
 
@@ -351,7 +414,7 @@ def online_sum_exp(row):
             continue
         if m_b != m_b or m_b == np.inf:
             return m_b, np.nan
-        m, s = _fold(m, s, m_b, sum_exp(block, m_b))
+        m, s = hooks.fold(m, s, m_b, sum_exp(block, m_b))
     return m, s
 
 

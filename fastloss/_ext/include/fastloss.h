@@ -2,144 +2,213 @@
  *
  * The C API: callable from C or C++ with no Python interpreter.  Every function works on
  * n rows of c classes (row-major, contiguous) and computes, per row i, the loss and its
- * gradient d loss_i / d logits_i.  loss_out (n, or n*c for the elementwise losses) and
- * grad_out (n*c) may each be NULL; grad_out may equal logits (in place).  The math of every
- * loss is documented in the Python package (fastloss.reference).
+ * gradient d loss_i / d logits_i:
  *
- * Every function returns 0 or a negative FASTLOSS_E* code (see fastloss_strerror); on an
- * error the outputs are untouched.  Rows are computed in parallel (OpenMP) when the library
- * was built with it; results do not depend on the number of threads.
+ *     int fastloss_<loss>_<f32|f64>(n, c, inputs..., const fastloss_<loss>_options *opts,
+ *                                   outputs...);
+ *
+ * loss_out (n values, n*c for the elementwise losses) and grad_out (n*c) may each be NULL;
+ * grad_out may equal logits (in place).  The math of every loss is documented in the Python
+ * package (fastloss.reference).
+ *
+ * Options.  Each loss has an options struct whose first member is its size.  Fill it with
+ * fastloss_<loss>_options_init(&opts) (the defaults) and set what you need; or pass NULL for
+ * the defaults.  New options are only ever appended, and a library that receives a smaller
+ * (older) struct uses the defaults for the members it lacks: a program built against an older
+ * fastloss.h keeps working with a newer library.  A size of 0, or larger than this library
+ * knows, is FASTLOSS_E_OPTIONS.
+ *
+ * Errors.  Every function returns FASTLOSS_OK (0) or a negative FASTLOSS_E_* code (see
+ * fastloss_strerror); on an error the outputs are untouched.  The one exception is
+ * FASTLOSS_E_MEMORY from a worker thread's scratch buffer (rows above 512k classes, or a
+ * softcap/temperature), after which the outputs may be partly written.
+ *
+ * Threads.  Rows are split in n_threads (options; 0 = every online CPU) equal contiguous
+ * ranges, each computed by one POSIX thread started for this call and joined before it
+ * returns (the caller computes one range itself; small problems run on the caller alone).
+ * Results are bit-identical for any thread count.  There is no global state, no thread pool
+ * and no OpenMP runtime: the functions are thread-safe (concurrent calls share nothing) and
+ * fork-safe (nothing outlives a call, so a forked child can call them at once).  A library
+ * built without threads (FASTLOSS_NO_THREADS=1, or no pthreads) runs every call serially.
  *
  * Build:  cc prog.c $(python -m fastloss config --cflags) $(python -m fastloss config --libs)
- *
- * The extended *_rows_* functions at the end return 0 or FASTLOSS_E_MEMORY (C above 512k
- * classes needs a small buffer per thread); only then may the outputs be partly written.
  */
 #ifndef FASTLOSS_H
 #define FASTLOSS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define FASTLOSS_VERSION "0.1.0"
+/* The version: written here only (setup.py and the Python package read it from here). */
+#define FASTLOSS_VERSION_MAJOR 0
+#define FASTLOSS_VERSION_MINOR 2
+#define FASTLOSS_VERSION_PATCH 0
+#define FASTLOSS_STRINGIFY_(x) #x
+#define FASTLOSS_STRINGIFY(x) FASTLOSS_STRINGIFY_(x)
+#define FASTLOSS_VERSION                          \
+    FASTLOSS_STRINGIFY(FASTLOSS_VERSION_MAJOR) "." \
+    FASTLOSS_STRINGIFY(FASTLOSS_VERSION_MINOR) "." FASTLOSS_STRINGIFY(FASTLOSS_VERSION_PATCH)
 
 #define FASTLOSS_OK 0
-#define FASTLOSS_E_NULL (-1)      /* a required pointer is NULL */
-#define FASTLOSS_E_SHAPE (-2)     /* n < 0 or c < 1 */
-#define FASTLOSS_E_TARGET (-3)    /* a class index outside [0, c) that is not ignore_index */
-#define FASTLOSS_E_SMOOTHING (-4) /* label_smoothing outside [0, 1] */
-#define FASTLOSS_E_MEMORY (-5)    /* out of memory */
+#define FASTLOSS_E_NULL (-1)        /* a required pointer is NULL */
+#define FASTLOSS_E_SHAPE (-2)       /* n < 0 or c < 1 */
+#define FASTLOSS_E_TARGET (-3)      /* a class index outside [0, c) that is not ignore_index */
+#define FASTLOSS_E_SMOOTHING (-4)   /* label_smoothing outside [0, 1] */
+#define FASTLOSS_E_MEMORY (-5)      /* out of memory */
+#define FASTLOSS_E_OPTIONS (-6)     /* options size is 0 or larger than this library knows */
+#define FASTLOSS_E_Z_LOSS (-7)      /* z_loss negative or not finite */
+#define FASTLOSS_E_SOFTCAP (-8)     /* softcap negative or not finite */
+#define FASTLOSS_E_TEMPERATURE (-9) /* temperature not positive or not finite */
+#define FASTLOSS_E_THREADS (-10)    /* n_threads negative */
 
 /* A static string describing an error code. */
 const char *fastloss_strerror(int code);
 
-/* Per-row softmax cross-entropy with class indices; grad = d loss_i / d logits_i.
-   loss_out (n) and grad_out (n*c) may each be NULL; grad_out may equal logits.
-   weight (c) may be NULL. Returns 0, or a negative FASTLOSS_E* code (see fastloss_strerror). */
+/* FASTLOSS_VERSION of the library (which may be newer than the header a program was built
+   with). */
+const char *fastloss_version(void);
+
+/* 1 when the library runs rows on several threads (POSIX threads), 0 when it is serial. */
+int fastloss_has_threads(void);
+
+/* The number of online CPUs: the thread count of n_threads = 0 (1 when serial). */
+int fastloss_max_threads(void);
+
+/* ------------------------------------------------------------------ cross-entropy */
+
+/* Options of fastloss_cross_entropy_* (members are only ever appended). */
+typedef struct fastloss_cross_entropy_options {
+    size_t size;            /* sizeof(fastloss_cross_entropy_options), set by _init */
+    int n_threads;          /* 0: every online CPU (default) */
+    const double *weight;   /* c class weights, or NULL: ones (default) */
+    int64_t ignore_index;   /* rows with this class index give 0 (default -100) */
+    double label_smoothing; /* in [0, 1] (default 0) */
+    double z_loss;          /* >= 0: adds z_loss * lse_i^2 to every counted row (default 0) */
+    double softcap;         /* >= 0: logits become softcap * tanh(x / softcap); 0: none */
+    double temperature;     /* > 0: logits (after the softcap) are divided by it (default 1) */
+} fastloss_cross_entropy_options;
+
+void fastloss_cross_entropy_options_init(fastloss_cross_entropy_options *opts);
+
+/* Per-row softmax cross-entropy with class indices (n of them); ignore_index rows give 0.
+   With z_loss, loss_i includes z_loss * lse_i^2, lse_i the logsumexp of the (softcapped,
+   tempered) row, and the gradient its derivative. */
 int fastloss_cross_entropy_f32(int64_t n, int64_t c, const float *logits,
-                               const int64_t *target, const float *weight,
-                               int64_t ignore_index, float label_smoothing,
+                               const int64_t *target, const fastloss_cross_entropy_options *opts,
                                float *loss_out, float *grad_out);
 int fastloss_cross_entropy_f64(int64_t n, int64_t c, const double *logits,
-                               const int64_t *target, const double *weight,
-                               int64_t ignore_index, double label_smoothing,
+                               const int64_t *target, const fastloss_cross_entropy_options *opts,
                                double *loss_out, double *grad_out);
 
-/* Cross-entropy against probabilities target (n*c), with class weights (c, or NULL). */
+/* The same against probabilities target (n*c); ignore_index is not used. */
 int fastloss_cross_entropy_probs_f32(int64_t n, int64_t c, const float *logits,
-                                     const float *target, const float *weight,
-                                     float label_smoothing, float *loss_out, float *grad_out);
+                                     const float *target,
+                                     const fastloss_cross_entropy_options *opts,
+                                     float *loss_out, float *grad_out);
 int fastloss_cross_entropy_probs_f64(int64_t n, int64_t c, const double *logits,
-                                     const double *target, const double *weight,
-                                     double label_smoothing, double *loss_out,
-                                     double *grad_out);
+                                     const double *target,
+                                     const fastloss_cross_entropy_options *opts,
+                                     double *loss_out, double *grad_out);
 
-/* Elementwise sigmoid binary cross-entropy; loss_out has n*c values.  weight (n*c) and
-   pos_weight (c) may be NULL. */
-int fastloss_binary_cross_entropy_with_logits_f32(int64_t n, int64_t c, const float *logits,
-                                                  const float *target, const float *weight,
-                                                  const float *pos_weight, float *loss_out,
-                                                  float *grad_out);
-int fastloss_binary_cross_entropy_with_logits_f64(int64_t n, int64_t c, const double *logits,
-                                                  const double *target, const double *weight,
-                                                  const double *pos_weight, double *loss_out,
-                                                  double *grad_out);
+/* ------------------------------------------------------------------ binary cross-entropy */
 
-/* sum_c (softmax_c - onehot(target)_c)^2 per row (the Brier score). */
+typedef struct fastloss_binary_cross_entropy_options {
+    size_t size;               /* set by _init */
+    int n_threads;             /* 0: every online CPU (default) */
+    const double *weight;      /* n*c element weights, or NULL: ones (default) */
+    const double *pos_weight;  /* c weights of the positive term, or NULL: ones (default) */
+} fastloss_binary_cross_entropy_options;
+
+void fastloss_binary_cross_entropy_options_init(fastloss_binary_cross_entropy_options *opts);
+
+/* Elementwise sigmoid binary cross-entropy against target (n*c); loss_out has n*c values. */
+int fastloss_binary_cross_entropy_with_logits_f32(
+    int64_t n, int64_t c, const float *logits, const float *target,
+    const fastloss_binary_cross_entropy_options *opts, float *loss_out, float *grad_out);
+int fastloss_binary_cross_entropy_with_logits_f64(
+    int64_t n, int64_t c, const double *logits, const double *target,
+    const fastloss_binary_cross_entropy_options *opts, double *loss_out, double *grad_out);
+
+/* ------------------------------------------------------------------ softmax MSE */
+
+typedef struct fastloss_softmax_mse_options {
+    size_t size;   /* set by _init */
+    int n_threads; /* 0: every online CPU (default) */
+} fastloss_softmax_mse_options;
+
+void fastloss_softmax_mse_options_init(fastloss_softmax_mse_options *opts);
+
+/* sum_c (softmax_c - onehot(target)_c)^2 per row (the Brier score); target: n indices. */
 int fastloss_softmax_mse_f32(int64_t n, int64_t c, const float *logits, const int64_t *target,
-                             float *loss_out, float *grad_out);
+                             const fastloss_softmax_mse_options *opts, float *loss_out,
+                             float *grad_out);
 int fastloss_softmax_mse_f64(int64_t n, int64_t c, const double *logits,
-                             const int64_t *target, double *loss_out, double *grad_out);
+                             const int64_t *target, const fastloss_softmax_mse_options *opts,
+                             double *loss_out, double *grad_out);
 
-/* KL(target || softmax(logits)) per row; target (n*c) holds probabilities, or
-   log-probabilities when log_target is nonzero. */
+/* The same against a target distribution (n*c). */
+int fastloss_softmax_mse_probs_f32(int64_t n, int64_t c, const float *logits,
+                                   const float *target, const fastloss_softmax_mse_options *opts,
+                                   float *loss_out, float *grad_out);
+int fastloss_softmax_mse_probs_f64(int64_t n, int64_t c, const double *logits,
+                                   const double *target,
+                                   const fastloss_softmax_mse_options *opts, double *loss_out,
+                                   double *grad_out);
+
+/* ------------------------------------------------------------------ KL divergence */
+
+typedef struct fastloss_kl_divergence_options {
+    size_t size;    /* set by _init */
+    int n_threads;  /* 0: every online CPU (default) */
+    int log_target; /* nonzero: target holds log-probabilities (default 0) */
+} fastloss_kl_divergence_options;
+
+void fastloss_kl_divergence_options_init(fastloss_kl_divergence_options *opts);
+
+/* KL(target || softmax(logits)) per row; target (n*c) holds probabilities. */
 int fastloss_kl_divergence_f32(int64_t n, int64_t c, const float *logits, const float *target,
-                               int log_target, float *loss_out, float *grad_out);
+                               const fastloss_kl_divergence_options *opts, float *loss_out,
+                               float *grad_out);
 int fastloss_kl_divergence_f64(int64_t n, int64_t c, const double *logits,
-                               const double *target, int log_target, double *loss_out,
-                               double *grad_out);
+                               const double *target, const fastloss_kl_divergence_options *opts,
+                               double *loss_out, double *grad_out);
+
+/* ------------------------------------------------------------------ entropy */
+
+typedef struct fastloss_entropy_options {
+    size_t size;   /* set by _init */
+    int n_threads; /* 0: every online CPU (default) */
+} fastloss_entropy_options;
+
+void fastloss_entropy_options_init(fastloss_entropy_options *opts);
 
 /* Entropy of softmax(logits) per row. */
-int fastloss_entropy_f32(int64_t n, int64_t c, const float *logits, float *loss_out,
-                         float *grad_out);
-int fastloss_entropy_f64(int64_t n, int64_t c, const double *logits, double *loss_out,
+int fastloss_entropy_f32(int64_t n, int64_t c, const float *logits,
+                         const fastloss_entropy_options *opts, float *loss_out, float *grad_out);
+int fastloss_entropy_f64(int64_t n, int64_t c, const double *logits,
+                         const fastloss_entropy_options *opts, double *loss_out,
                          double *grad_out);
+
+/* ------------------------------------------------------------------ mean squared error */
+
+typedef struct fastloss_mse_loss_options {
+    size_t size;   /* set by _init */
+    int n_threads; /* 0: every online CPU (default) */
+} fastloss_mse_loss_options;
+
+void fastloss_mse_loss_options_init(fastloss_mse_loss_options *opts);
 
 /* Elementwise (input - target)^2; loss_out has n*c values. */
 int fastloss_mse_loss_f32(int64_t n, int64_t c, const float *input, const float *target,
-                          float *loss_out, float *grad_out);
+                          const fastloss_mse_loss_options *opts, float *loss_out,
+                          float *grad_out);
 int fastloss_mse_loss_f64(int64_t n, int64_t c, const double *input, const double *target,
-                          double *loss_out, double *grad_out);
-
-/* ------------------------------------------------------------------------------------------
- * The extended row kernels behind the functions above (and behind the Python bindings).
- * No argument is checked.  Per-row losses are written in double (loss may be NULL);
- * grad (may be NULL, may equal x) receives scale * d loss / d x, scale being row_scale[i]
- * for row losses (NULL: 1) or scale[i*scale_rs + k*scale_cs] for elementwise ones.
- * Elementwise losses write loss[i*c + k], or the row sums loss[i] when row_sums is nonzero.
- * weight is double (c values, NULL: ones); n_threads <= 0 means all cores.
- * ---------------------------------------------------------------------------------------- */
-#define FASTLOSS_DECLARE_ROWS(T, S)                                                           \
-    int fastloss_ce_index_rows_##S(int64_t n, int64_t c, const T *x, const int64_t *target, \
-                                    const double *weight, int64_t ignore_index, double eps,  \
-                                    const double *row_scale, double *loss, T *grad,          \
-                                    int n_threads);                                          \
-    int fastloss_ce_prob_rows_##S(int64_t n, int64_t c, const T *x, const T *target,        \
-                                   const double *weight, double eps,                         \
-                                   const double *row_scale, double *loss, T *grad,           \
-                                   int n_threads);                                           \
-    int fastloss_softmax_mse_rows_##S(int64_t n, int64_t c, const T *x,                     \
-                                       const int64_t *target_index, const T *target_prob,    \
-                                       const double *row_scale, double *loss, T *grad,       \
-                                       int n_threads);                                       \
-    int fastloss_kl_rows_##S(int64_t n, int64_t c, const T *x, const T *target,             \
-                              int log_target, const double *row_scale, double *loss,         \
-                              T *grad, int n_threads);                                       \
-    int fastloss_entropy_rows_##S(int64_t n, int64_t c, const T *x,                         \
-                                   const double *row_scale, double *loss, T *grad,           \
-                                   int n_threads);                                           \
-    int fastloss_bce_rows_##S(int64_t n, int64_t c, const T *x, const T *target,            \
-                               const double *weight, int64_t weight_rs, int64_t weight_cs,   \
-                               const double *pos_weight, const double *scale,                \
-                               int64_t scale_rs, int64_t scale_cs, double *loss,             \
-                               int row_sums, T *grad, int n_threads);                        \
-    int fastloss_mse_rows_##S(int64_t n, int64_t c, const T *x, const T *target,            \
-                               const double *scale, int64_t scale_rs, int64_t scale_cs,      \
-                               double *loss, int row_sums, T *grad, int n_threads);          \
-    int fastloss_softmax_rows_##S(int64_t n, int64_t c, const T *x, T *out, int log,        \
-                                   int n_threads);                                           \
-    int fastloss_logsumexp_rows_##S(int64_t n, int64_t c, const T *x, double *out,          \
-                                     int n_threads);
-
-FASTLOSS_DECLARE_ROWS(float, f32)
-FASTLOSS_DECLARE_ROWS(double, f64)
-
-/* Whether the library runs rows in parallel (built with OpenMP), and on how many threads. */
-int fastloss_openmp(void);
-int fastloss_max_threads(void);
+                          const fastloss_mse_loss_options *opts, double *loss_out,
+                          double *grad_out);
 
 #ifdef __cplusplus
 }

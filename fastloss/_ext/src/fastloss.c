@@ -1,21 +1,21 @@
-/* fastloss C kernels: one row function per loss, parallel over rows with OpenMP.
+/* fastloss C kernels: one skeleton per kernel shape, a hook per loss (kernels.inc),
+ * instantiated here per dtype (float, double) and vector width.
  *
  * Built twice from the same sources: into the Python extension (the "cython" backend) and
- * into libfastloss.so, the C API of include/fastloss.h.  Compiled with -O3 and without
- * -ffast-math: -inf and NaN are meaningful here.  Vectorisation comes from `#pragma omp simd`
- * (reductions included) and from exp written as plain arithmetic, the same range reduction
- * and polynomial as the Numba backend: portable (no libmvec, so also musl and macOS) and the
- * same numbers on both backends.
+ * into libfastloss.so, the C API of include/fastloss.h (api.c).  Compiled with -O3 and
+ * without -ffast-math: -inf and NaN are meaningful here.  Vectorisation comes from
+ * `#pragma omp simd` (reductions included; -fopenmp-simd, no OpenMP runtime) and from exp
+ * written as plain arithmetic, the same range reduction and polynomial as the Numba backend:
+ * portable (no libmvec, so also musl and macOS) and the same numbers on both backends.
+ * Rows run in parallel through fl_parallel_rows (threads.c).
  */
-#include "fastloss.h"
-
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "fastloss.h"
+#include "rows.h"
 
 #define BLOCK 1024        /* classes per block of the online softmax (as in numba_math) */
 #define STACK_BLOCKS 512  /* block maxima kept on the stack: C up to 512k classes */
@@ -26,6 +26,7 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__) && \
     !defined(FASTLOSS_NO_CLONES)
 #define FL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FL_HAVE_WIDE 1
 #else
 #define FL_CLONES
 #endif
@@ -38,7 +39,7 @@
 #define FL_INLINE static inline
 #endif
 
-/* ------------------------------------------------------------------ type-independent helpers */
+/* ------------------------------------------------------------------ scalar helpers */
 
 FL_INLINE int poisoned(double m, double s) {
     /* a NaN makes s NaN; +inf or only -inf make the max infinite */
@@ -118,276 +119,199 @@ FL_INLINE double exp_f64(double z) {
     return z < -708.3964185322641 ? 0.0 : p * two_n;
 }
 
-/* ------------------------------------------------------------------ threads */
-
-/* Few elements: one thread (starting a team costs microseconds).  Rows are split in equal
-   contiguous ranges; every row is computed by one thread, so results never depend on the
-   thread count. */
-static inline int team_size(int64_t n, int64_t c, int n_threads) {
-#ifdef _OPENMP
-    int t = n_threads > 0 ? n_threads : omp_get_max_threads();
-    if (n * c < 32768) t = 1;
-    if ((int64_t)t > n) t = n > 0 ? (int)n : 1;
-    return t;
-#else
-    (void)n, (void)c, (void)n_threads;
-    return 1;
-#endif
+/* tanh(u), vectorisable (exp_f64 instead of libm): u + u^3 P(u^2), the Taylor series to
+   u^25, for |u| < 0.35, else sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) < 1/2 (no
+   cancellation).  Within 3 ulp of libm's tanh; NaN gives NaN, +-inf gives +-1. */
+FL_INLINE double fl_tanh(double u) {
+    const double a = fabs(u), u2 = u * u;
+    double p = 1.5918905069328964e-05; /* 58870668456604/3698160658676859375 */
+    p = p * u2 - 3.927832388331683e-05;
+    p = p * u2 + 9.691537956929451e-05;
+    p = p * u2 - 0.00023912911424355248;
+    p = p * u2 + 0.000590027440945586;
+    p = p * u2 - 0.0014558343870513183;
+    p = p * u2 + 0.003592128036572481;
+    p = p * u2 - 0.008863235529902197;
+    p = p * u2 + 0.021869488536155203;
+    p = p * u2 - 0.05396825396825397;
+    p = p * u2 + 0.13333333333333333;
+    p = p * u2 - 0.3333333333333333;
+    const double small = u + u * (u2 * p);
+    const double e = exp_f64(-2.0 * a);
+    const double large = copysign((1.0 - e) / (1.0 + e), u);
+    return a < 0.35 ? small : large;
 }
 
-#ifdef _OPENMP
-#define THREAD_ID omp_get_thread_num()
-#define THREAD_COUNT omp_get_num_threads()
-#define PARALLEL_REGION _Pragma("omp parallel num_threads(team_) if (team_ > 1)")
-#else
-#define THREAD_ID 0
-#define THREAD_COUNT 1
-#define PARALLEL_REGION
-#endif
+/* ------------------------------------------------------------------ shared kernel types */
 
-#define PARALLEL_ROWS(n, c, n_threads, ...)                                                   \
-    int status_ = FASTLOSS_OK;                                                                \
-    const int64_t n_blocks_ = ((c) + BLOCK - 1) / BLOCK;                                      \
-    const int team_ = team_size((n), (c), (n_threads));                                       \
-    (void)team_;                                                                              \
-    PARALLEL_REGION {                                                                  \
-        double stack_[STACK_BLOCKS];                                                          \
-        double *block_max =                                                                   \
-            n_blocks_ <= STACK_BLOCKS ? stack_ : (double *)malloc(n_blocks_ * sizeof(double)); \
-        const int64_t lo = (n) * THREAD_ID / THREAD_COUNT;                                    \
-        const int64_t hi = (n) * (THREAD_ID + 1) / THREAD_COUNT;                              \
-        if (block_max) {                                                                      \
-            __VA_ARGS__;                                                                      \
-        } else {                                                                              \
-            status_ = FASTLOSS_E_MEMORY;                                                      \
-        }                                                                                     \
-        if (block_max != stack_) free(block_max);                                             \
-    }                                                                                         \
-    return status_;
+/* The hooks of each shape are chosen by a compile-time constant `kind`: the skeletons are
+   always inlined into one chunk function per loss, where the switch on `kind` folds away. */
+enum fl_linear_kind { FL_CE_INDEX, FL_CE_PROBS, FL_KL };                 /* linear in log p */
+enum fl_fop_kind { FL_SOFTMAX_MSE_INDEX, FL_SOFTMAX_MSE_PROBS, FL_ENTROPY }; /* f(p) */
+enum fl_elementwise_kind { FL_BCE, FL_MSE };                              /* elementwise */
+
+/* The per-call constants of the linear-in-log-p losses. */
+typedef struct {
+    const double *weight; /* c class weights, or NULL: ones */
+    double w_total;       /* sum of the weights */
+    double eps, eps_c;    /* label smoothing, and eps / c */
+    int log_target;       /* KL: the target holds log-probabilities */
+    double z_grad;        /* adds 2 z_grad lse to the coefficient of p */
+} fl_linear_params;
+
+/* A row of a linear-in-log-p loss: loss = sum_c a_c (-log p_c) + cnst with
+   a_c = d_c + [c = y] a_y (a "sparse" class y and "dense" coefficients d_c = f u_c), so
+   loss = a_y ((m - x_y) + log s) + f (sum_c u_c (m - x_c) + U log s) + cnst. */
+typedef struct {
+    int64_t y;       /* the sparse class, or -1 */
+    double a_y, x_y; /* its coefficient and its logit */
+    int dense;       /* whether some d_c may be nonzero */
+    double f;        /* d_c = f u_c */
+    double u;        /* U = sum_c u_c */
+    double u_shift;  /* sum_c u_c (m - x_c) (see fl_shifted) */
+    double cnst;
+} fl_linear_stats;
+
+/* sum_c u_c (m - x_c) in one pass, m the row max, with the running max M of the classes so
+   far: every term is >= 0, so logits like 1e30 do not cancel (sum u x - U m would).  A term
+   with u_c = 0 is dropped (0 * inf = 0); u_c != 0 on x_c = -inf makes the sum +inf. */
+typedef struct {
+    double max, u, shift;
+} fl_shifted;
+
+FL_INLINE void fl_shifted_add(fl_shifted *acc, double u, double x) {
+    if (x > acc->max) {
+        if (acc->u != 0.0) acc->shift += acc->u * (x - acc->max);
+        acc->max = x;
+    }
+    if (u != 0.0) {
+        acc->shift += x == -INFINITY ? INFINITY : u * (acc->max - x);
+        acc->u += u;
+    }
+}
+
+/* A thread's scratch, O(c): the block maxima (on the stack up to STACK_BLOCKS blocks) and
+   up to three rows of doubles. */
+typedef struct {
+    double *block_max;
+    double *z, *dz, *t;
+    double *heap;
+    double stack[STACK_BLOCKS];
+} fl_scratch;
+
+static int fl_scratch_open(fl_scratch *s, int64_t c, int rows) {
+    const int64_t n_blocks = (c + BLOCK - 1) / BLOCK;
+    const int64_t heap_blocks = n_blocks > STACK_BLOCKS ? n_blocks : 0;
+    s->block_max = s->stack;
+    s->z = s->dz = s->t = s->heap = NULL;
+    if (heap_blocks == 0 && rows == 0) return FASTLOSS_OK;
+    double *h = (double *)malloc((size_t)(heap_blocks + rows * c) * sizeof(double));
+    if (!h) return FASTLOSS_E_MEMORY;
+    s->heap = h;
+    if (heap_blocks) s->block_max = h, h += heap_blocks;
+    if (rows >= 1) s->z = h, h += c;
+    if (rows >= 2) s->dz = h, h += c;
+    if (rows >= 3) s->t = h;
+    return FASTLOSS_OK;
+}
+
+static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
 
 /* ------------------------------------------------------------------ the instantiations */
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 
+/* Kernel argument structs, one per dtype (shared by the two vector widths).  TN(name): the
+   type's name for T. */
+#define T float
+#define TN(name) CAT(name, f32)
+#include "types.inc"
+#undef T
+#undef TN
+#define T double
+#define TN(name) CAT(name, f64)
+#include "types.inc"
+#undef T
+#undef TN
+
 /* Wide rows (at least WIDE_CLASSES classes) on an AVX-512 CPU run a third variant with
    512-bit vectors: 1.4x faster there than 256-bit ones (the forward at 2048 x 32768: 17 vs
    24 ms), which are faster for short rows (65536 x 10: 2.1 vs 4.2 ms).  It is compiled for
-   x86-64-v4 outright and only called after a run-time check of the CPU. */
+   x86-64-v4 outright and only called after a run-time check of the CPU.
+   Each pass includes kernels.inc for double first: the float kernels run their
+   softcap/temperature rows through the double skeleton (FN64). */
 #define WIDE_CLASSES 1024
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__) && \
-    !defined(FASTLOSS_NO_CLONES)
-#define FL_HAVE_WIDE 1
-static int cpu_has_v4(void) {
-    static int known = -1;
-    if (known < 0) known = __builtin_cpu_supports("x86-64-v4") ? 1 : 0;
-    return known;
-}
-#define USE_WIDE(c) ((c) >= WIDE_CLASSES && cpu_has_v4())
-#endif
-
 #ifdef FL_HAVE_WIDE
+static int fl_use_wide(int64_t c) {
+    return c >= WIDE_CLASSES && __builtin_cpu_supports("x86-64-v4");
+}
+
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4", "prefer-vector-width=512")
 #define FL_WIDE_PASS 1
 #define FL_CHUNK static
+#define T double
+#define TN(name) CAT(name, f64)
+#define EXP exp_f64
+#define FN(name) CAT(name, f64_wide)
+#define FN64(name) CAT(name, f64_wide)
+#include "kernels.inc"
+#undef T
+#undef TN
+#undef EXP
+#undef FN
 #define T float
+#define TN(name) CAT(name, f32)
 #define EXP exp_f32
 #define FN(name) CAT(name, f32_wide)
 #include "kernels.inc"
 #undef T
+#undef TN
 #undef EXP
 #undef FN
-#define T double
-#define EXP exp_f64
-#define FN(name) CAT(name, f64_wide)
-#include "kernels.inc"
-#undef T
-#undef EXP
-#undef FN
+#undef FN64
 #undef FL_CHUNK
 #undef FL_WIDE_PASS
 #pragma GCC pop_options
+#else
+static int fl_use_wide(int64_t c) {
+    (void)c;
+    return 0;
+}
 #endif
 
 #define FL_CHUNK FL_CLONES static
-#define T float
-#define EXP exp_f32
-#define FN(name) CAT(name, f32)
-#define FNW(name) CAT(name, f32_wide)
-#include "kernels.inc"
-#undef T
-#undef EXP
-#undef FN
-#undef FNW
 #define T double
+#define TN(name) CAT(name, f64)
 #define EXP exp_f64
 #define FN(name) CAT(name, f64)
+#define FN64(name) CAT(name, f64)
+#ifdef FL_HAVE_WIDE
 #define FNW(name) CAT(name, f64_wide)
+#else
+#define FNW(name) FN(name)
+#endif
 #include "kernels.inc"
 #undef T
+#undef TN
 #undef EXP
 #undef FN
 #undef FNW
-
-/* ------------------------------------------------------------------ the checked C API */
-
-const char *fastloss_strerror(int code) {
-    switch (code) {
-        case FASTLOSS_OK: return "success";
-        case FASTLOSS_E_NULL: return "a required pointer is NULL";
-        case FASTLOSS_E_SHAPE: return "invalid shape: n must be >= 0 and c >= 1";
-        case FASTLOSS_E_TARGET:
-            return "a class index is outside [0, c) and is not ignore_index";
-        case FASTLOSS_E_SMOOTHING: return "label_smoothing must be in [0, 1]";
-        case FASTLOSS_E_MEMORY: return "out of memory";
-        default: return "unknown fastloss error code";
-    }
-}
-
-int fastloss_openmp(void) {
-#ifdef _OPENMP
-    return 1;
+#define T float
+#define TN(name) CAT(name, f32)
+#define EXP exp_f32
+#define FN(name) CAT(name, f32)
+#ifdef FL_HAVE_WIDE
+#define FNW(name) CAT(name, f32_wide)
 #else
-    return 0;
+#define FNW(name) FN(name)
 #endif
-}
-
-int fastloss_max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int check_shape(int64_t n, int64_t c, const void *x) {
-    if (n < 0 || c < 1) return FASTLOSS_E_SHAPE;
-    if (n > 0 && !x) return FASTLOSS_E_NULL;
-    return FASTLOSS_OK;
-}
-
-static int check_targets(int64_t n, int64_t c, const int64_t *target, int64_t ignore_index) {
-    if (n > 0 && !target) return FASTLOSS_E_NULL;
-    for (int64_t i = 0; i < n; ++i)
-        if ((target[i] < 0 || target[i] >= c) && target[i] != ignore_index)
-            return FASTLOSS_E_TARGET;
-    return FASTLOSS_OK;
-}
-
-/* float weights to double (NULL stays NULL); *owned must be freed */
-#define WEIGHTS_AS_DOUBLE(T, weight, count, out)                                \
-    double *out = NULL;                                                         \
-    if (weight) {                                                               \
-        out = (double *)malloc((size_t)(count) * sizeof(double));               \
-        if (!out) return FASTLOSS_E_MEMORY;                                     \
-        for (int64_t k_ = 0; k_ < (count); ++k_) out[k_] = (double)(weight)[k_]; \
-    }
-
-/* per-row double losses to the caller's type (NULL: none) */
-#define LOSS_BUFFER(count) \
-    double *loss64 = loss_out ? (double *)malloc((size_t)((count) > 0 ? (count) : 1) * sizeof(double)) : NULL; \
-    if (loss_out && !loss64) { free(w64); return FASTLOSS_E_MEMORY; }
-
-#define FINISH(T, count)                                                     \
-    if (status == FASTLOSS_OK && loss_out)                                   \
-        for (int64_t i_ = 0; i_ < (count); ++i_) loss_out[i_] = (T)loss64[i_]; \
-    free(loss64);                                                            \
-    free(w64);                                                               \
-    return status;
-
-#define DEFINE_API(T, S)                                                                     \
-    int fastloss_cross_entropy_##S(int64_t n, int64_t c, const T *logits,                   \
-                                   const int64_t *target, const T *weight,                  \
-                                   int64_t ignore_index, T label_smoothing, T *loss_out,    \
-                                   T *grad_out) {                                           \
-        int status = check_shape(n, c, logits);                                             \
-        if (status) return status;                                                          \
-        if (!(label_smoothing >= 0 && label_smoothing <= 1)) return FASTLOSS_E_SMOOTHING;   \
-        if ((status = check_targets(n, c, target, ignore_index))) return status;            \
-        WEIGHTS_AS_DOUBLE(T, weight, c, w64)                                                \
-        LOSS_BUFFER(n)                                                                      \
-        status = fastloss_ce_index_rows_##S(n, c, logits, target, w64, ignore_index,        \
-                                            (double)label_smoothing, NULL, loss64, grad_out, \
-                                            0);                                             \
-        FINISH(T, n)                                                                        \
-    }                                                                                       \
-    int fastloss_cross_entropy_probs_##S(int64_t n, int64_t c, const T *logits,             \
-                                         const T *target, const T *weight,                  \
-                                         T label_smoothing, T *loss_out, T *grad_out) {     \
-        int status = check_shape(n, c, logits);                                             \
-        if (status) return status;                                                          \
-        if (n > 0 && !target) return FASTLOSS_E_NULL;                                       \
-        if (!(label_smoothing >= 0 && label_smoothing <= 1)) return FASTLOSS_E_SMOOTHING;   \
-        WEIGHTS_AS_DOUBLE(T, weight, c, w64)                                                \
-        LOSS_BUFFER(n)                                                                      \
-        status = fastloss_ce_prob_rows_##S(n, c, logits, target, w64,                       \
-                                           (double)label_smoothing, NULL, loss64, grad_out, \
-                                           0);                                              \
-        FINISH(T, n)                                                                        \
-    }                                                                                       \
-    int fastloss_binary_cross_entropy_with_logits_##S(int64_t n, int64_t c, const T *logits, \
-                                                      const T *target, const T *weight,     \
-                                                      const T *pos_weight, T *loss_out,     \
-                                                      T *grad_out) {                        \
-        int status = check_shape(n, c, logits);                                             \
-        if (status) return status;                                                          \
-        if (n > 0 && !target) return FASTLOSS_E_NULL;                                       \
-        WEIGHTS_AS_DOUBLE(T, weight, n * c, w64)                                            \
-        double *pw64 = NULL;                                                                \
-        if (pos_weight) {                                                                   \
-            pw64 = (double *)malloc((size_t)c * sizeof(double));                            \
-            if (!pw64) { free(w64); return FASTLOSS_E_MEMORY; }                             \
-            for (int64_t k = 0; k < c; ++k) pw64[k] = (double)pos_weight[k];                \
-        }                                                                                   \
-        LOSS_BUFFER(n * c)                                                                  \
-        status = fastloss_bce_rows_##S(n, c, logits, target, w64, c, 1, pw64, NULL, 0, 0,   \
-                                       loss64, 0, grad_out, 0);                             \
-        free(pw64);                                                                         \
-        FINISH(T, n * c)                                                                    \
-    }                                                                                       \
-    int fastloss_softmax_mse_##S(int64_t n, int64_t c, const T *logits,                     \
-                                 const int64_t *target, T *loss_out, T *grad_out) {         \
-        int status = check_shape(n, c, logits);                                             \
-        if (status) return status;                                                          \
-        if ((status = check_targets(n, c, target, -1))) return status;                      \
-        double *w64 = NULL;                                                                 \
-        LOSS_BUFFER(n)                                                                      \
-        status = fastloss_softmax_mse_rows_##S(n, c, logits, target, NULL, NULL, loss64,    \
-                                               grad_out, 0);                                \
-        FINISH(T, n)                                                                        \
-    }                                                                                       \
-    int fastloss_kl_divergence_##S(int64_t n, int64_t c, const T *logits, const T *target,  \
-                                   int log_target, T *loss_out, T *grad_out) {              \
-        int status = check_shape(n, c, logits);                                             \
-        if (status) return status;                                                          \
-        if (n > 0 && !target) return FASTLOSS_E_NULL;                                       \
-        double *w64 = NULL;                                                                 \
-        LOSS_BUFFER(n)                                                                      \
-        status = fastloss_kl_rows_##S(n, c, logits, target, log_target, NULL, loss64,       \
-                                      grad_out, 0);                                         \
-        FINISH(T, n)                                                                        \
-    }                                                                                       \
-    int fastloss_entropy_##S(int64_t n, int64_t c, const T *logits, T *loss_out,            \
-                             T *grad_out) {                                                 \
-        int status = check_shape(n, c, logits);                                             \
-        if (status) return status;                                                          \
-        double *w64 = NULL;                                                                 \
-        LOSS_BUFFER(n)                                                                      \
-        status = fastloss_entropy_rows_##S(n, c, logits, NULL, loss64, grad_out, 0);        \
-        FINISH(T, n)                                                                        \
-    }                                                                                       \
-    int fastloss_mse_loss_##S(int64_t n, int64_t c, const T *input, const T *target,        \
-                              T *loss_out, T *grad_out) {                                   \
-        int status = check_shape(n, c, input);                                              \
-        if (status) return status;                                                          \
-        if (n > 0 && !target) return FASTLOSS_E_NULL;                                       \
-        double *w64 = NULL;                                                                 \
-        LOSS_BUFFER(n * c)                                                                  \
-        status = fastloss_mse_rows_##S(n, c, input, target, NULL, 0, 0, loss64, 0,          \
-                                       grad_out, 0);                                        \
-        FINISH(T, n * c)                                                                    \
-    }
-
-DEFINE_API(float, f32)
-DEFINE_API(double, f64)
+#include "kernels.inc"
+#undef T
+#undef TN
+#undef EXP
+#undef FN
+#undef FNW
+#undef FN64
+#undef FL_CHUNK

@@ -1,0 +1,124 @@
+/* fastloss private row kernels: the unchecked functions behind the C API (api.c) and the
+ * Python "cython" backend (_cython.pyx declares them; tests/test_c_api.py checks that its
+ * declarations match these).  Not installed as an API: no argument is checked.
+ *
+ * Conventions (docs/design.md section 2, the kernel protocol):
+ *   x (n*c) logits; per-row losses are written in double into loss (may be NULL);
+ *   grad (may be NULL, may equal x) receives scale * d loss / d x, the scale being
+ *   row_scale[i] for the row losses (NULL: 1) or scale[i*scale_rs + k*scale_cs] for the
+ *   elementwise ones (strides in doubles, 0 to broadcast; NULL: 1);
+ *   elementwise losses write loss[i*c + k], or the row sums loss[i] when row_sums != 0;
+ *   weight / pos_weight are double (NULL: ones); n_threads <= 0 means every online CPU.
+ * Return FASTLOSS_OK, or FASTLOSS_E_MEMORY when a thread's scratch buffer could not be
+ * allocated (outputs may then be partly written).
+ */
+#ifndef FASTLOSS_ROWS_H
+#define FASTLOSS_ROWS_H
+
+#include <stdint.h>
+
+#include "fastloss.h"
+
+#if defined(__GNUC__) && defined(__ELF__)
+#define FL_PRIVATE __attribute__((visibility("hidden")))
+#else
+#define FL_PRIVATE
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Cross-entropy against class indices (target_index, n) or probabilities (target_prob, n*c;
+   exactly one of the two is non-NULL).  The logits are transformed first: z = softcap *
+   tanh(x / softcap) (softcap 0: none; -inf stays -inf), then z *= inv_temperature.  lse
+   (n, may be NULL) receives logsumexp(z_i), 0 for ignored rows.  z_grad adds
+   row_scale_i * z_grad * 2 * lse_i * p_ic to the gradient of every counted row (before the
+   chain rule through the transform). */
+FL_PRIVATE int fl_cross_entropy_rows_f32(int64_t n, int64_t c, const float *x,
+                                         const int64_t *target_index, const float *target_prob,
+                                         const double *weight, int64_t ignore_index,
+                                         double label_smoothing, double softcap,
+                                         double inv_temperature, double z_grad,
+                                         const double *row_scale, double *loss, double *lse,
+                                         float *grad, int n_threads);
+FL_PRIVATE int fl_cross_entropy_rows_f64(int64_t n, int64_t c, const double *x,
+                                         const int64_t *target_index, const double *target_prob,
+                                         const double *weight, int64_t ignore_index,
+                                         double label_smoothing, double softcap,
+                                         double inv_temperature, double z_grad,
+                                         const double *row_scale, double *loss, double *lse,
+                                         double *grad, int n_threads);
+
+FL_PRIVATE int fl_kl_divergence_rows_f32(int64_t n, int64_t c, const float *x,
+                                         const float *target, int log_target,
+                                         const double *row_scale, double *loss, float *grad,
+                                         int n_threads);
+FL_PRIVATE int fl_kl_divergence_rows_f64(int64_t n, int64_t c, const double *x,
+                                         const double *target, int log_target,
+                                         const double *row_scale, double *loss, double *grad,
+                                         int n_threads);
+
+/* Softmax MSE against class indices (target_index) or a distribution (target_prob). */
+FL_PRIVATE int fl_softmax_mse_rows_f32(int64_t n, int64_t c, const float *x,
+                                       const int64_t *target_index, const float *target_prob,
+                                       const double *row_scale, double *loss, float *grad,
+                                       int n_threads);
+FL_PRIVATE int fl_softmax_mse_rows_f64(int64_t n, int64_t c, const double *x,
+                                       const int64_t *target_index, const double *target_prob,
+                                       const double *row_scale, double *loss, double *grad,
+                                       int n_threads);
+
+FL_PRIVATE int fl_entropy_rows_f32(int64_t n, int64_t c, const float *x,
+                                   const double *row_scale, double *loss, float *grad,
+                                   int n_threads);
+FL_PRIVATE int fl_entropy_rows_f64(int64_t n, int64_t c, const double *x,
+                                   const double *row_scale, double *loss, double *grad,
+                                   int n_threads);
+
+/* weight: element (i, k) at weight[i*weight_rs + k*weight_cs]; pos_weight: c values. */
+FL_PRIVATE int fl_bce_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
+                               const double *weight, int64_t weight_rs, int64_t weight_cs,
+                               const double *pos_weight, const double *scale, int64_t scale_rs,
+                               int64_t scale_cs, double *loss, int row_sums, float *grad,
+                               int n_threads);
+FL_PRIVATE int fl_bce_rows_f64(int64_t n, int64_t c, const double *x, const double *target,
+                               const double *weight, int64_t weight_rs, int64_t weight_cs,
+                               const double *pos_weight, const double *scale, int64_t scale_rs,
+                               int64_t scale_cs, double *loss, int row_sums, double *grad,
+                               int n_threads);
+
+FL_PRIVATE int fl_mse_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
+                               const double *scale, int64_t scale_rs, int64_t scale_cs,
+                               double *loss, int row_sums, float *grad, int n_threads);
+FL_PRIVATE int fl_mse_rows_f64(int64_t n, int64_t c, const double *x, const double *target,
+                               const double *scale, int64_t scale_rs, int64_t scale_cs,
+                               double *loss, int row_sums, double *grad, int n_threads);
+
+/* out (n*c) = softmax(x) or, when log_ != 0, log_softmax(x); out may equal x. */
+FL_PRIVATE int fl_softmax_rows_f32(int64_t n, int64_t c, const float *x, float *out, int log_,
+                                   int n_threads);
+FL_PRIVATE int fl_softmax_rows_f64(int64_t n, int64_t c, const double *x, double *out,
+                                   int log_, int n_threads);
+
+FL_PRIVATE int fl_logsumexp_rows_f32(int64_t n, int64_t c, const float *x, double *out,
+                                     int n_threads);
+FL_PRIVATE int fl_logsumexp_rows_f64(int64_t n, int64_t c, const double *x, double *out,
+                                     int n_threads);
+
+/* ------------------------------------------------------------------ threads (threads.c) */
+
+/* Computes rows [lo, hi) of the problem described by args; returns a FASTLOSS_* code. */
+typedef int (*fl_chunk_fn)(const void *args, int64_t lo, int64_t hi);
+
+/* Runs chunk over [0, n) split in equal contiguous ranges, one POSIX thread each (started
+   and joined here; the caller runs the first range).  One range when n * c < 32768 or
+   n_threads == 1; n_threads <= 0: every online CPU.  Returns the first nonzero status. */
+FL_PRIVATE int fl_parallel_rows(int64_t n, int64_t c, int n_threads, fl_chunk_fn chunk,
+                                const void *args);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTLOSS_ROWS_H */

@@ -1,0 +1,90 @@
+"""The cross-entropy options z_loss, softcap and temperature on every backend: their forms,
+their limits, and the z-term reported on its own.  The values of every option combination
+against PyTorch autograd of the explicit formulas are in tests/test_reference.py (the cases
+of fastloss._registry with options), every backend against the reference in
+tests/test_backends.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import fastloss as fl
+from fastloss import reference
+
+X = np.random.default_rng(0).standard_normal((6, 9)) * 4
+Y = np.array([0, 3, -100, 8, 1, -100])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_return_z_loss_gives_the_z_term_reduced_like_the_loss(reduction, backend):
+    z_loss = 1e-2
+    loss, z_term = fl.cross_entropy(X, Y, z_loss=z_loss, reduction=reduction,
+                                    return_z_loss=True, backend=backend)
+    loss2, z_term2, grad = fl.cross_entropy_with_grad(X, Y, z_loss=z_loss,
+                                                      reduction=reduction,
+                                                      return_z_loss=True, backend=backend)
+    plain = fl.cross_entropy(X, Y, reduction=reduction, backend=backend)
+    counted = Y != -100
+    rows = np.where(counted, z_loss * reference.logsumexp(X) ** 2, 0.0)
+    expected = {"none": rows, "sum": rows.sum(), "mean": rows[counted].mean()}[reduction]
+    assert_close(z_term, expected, np.float64)
+    assert_close(z_term2, expected, np.float64)
+    assert_close(loss, plain + expected, np.float64)
+    assert_close(loss2, loss, np.float64)
+    assert grad.shape == X.shape
+
+
+def test_return_z_loss_without_z_loss_is_zero(backend):
+    loss, z_term = fl.cross_entropy(X, Y, return_z_loss=True, backend=backend)
+    assert z_term == 0.0 and loss == fl.cross_entropy(X, Y, backend=backend)
+
+
+def test_every_row_ignored_gives_nan_mean_and_zero_gradient(backend):
+    loss, z_term, grad = fl.cross_entropy_with_grad(X, np.full(6, -100), z_loss=0.1,
+                                                    softcap=5.0, return_z_loss=True,
+                                                    backend=backend)
+    assert np.isnan(loss) and np.isnan(z_term) and np.all(grad == 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softcap_keeps_impossible_classes_impossible(dtype, backend):
+    x = X.astype(dtype)
+    x[:, 2] = -np.inf
+    y = np.array([0, 3, 1, 8, 1, 4])
+    loss, grad = fl.cross_entropy_with_grad(x, y, softcap=3.0, temperature=0.5, z_loss=1e-3,
+                                            reduction="none", backend=backend)
+    assert np.all(np.isfinite(loss)) and np.all(grad[:, 2] == 0.0)
+    # the cap bounds the logits: the loss is at most log(C - 1) + 2 * cap / temperature
+    assert np.all(loss < np.log(8) + 2 * 3.0 / 0.5 + 1e-3 * (3.0 / 0.5 + np.log(8)) ** 2)
+
+
+def test_softcap_and_temperature_compose_in_order(backend):
+    """softcap first, then temperature: the same as capping, then dividing, by hand."""
+    cap, t = 2.0, 0.25
+    z = cap * np.tanh(X / cap) / t
+    expected = fl.cross_entropy(z, Y, reduction="none", backend="numpy")
+    got = fl.cross_entropy(X, Y, softcap=cap, temperature=t, reduction="none", backend=backend)
+    assert_close(got, expected, np.float64)
+
+
+def test_options_at_their_defaults_change_nothing(backend):
+    plain = fl.cross_entropy_with_grad(X, Y, backend=backend)
+    explicit = fl.cross_entropy_with_grad(X, Y, z_loss=0.0, softcap=None, temperature=1.0,
+                                          backend=backend)
+    np.testing.assert_array_equal(plain[1], explicit[1])
+    assert plain[0] == explicit[0]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_z_loss_gradient_matches_central_differences(reduction, backend):
+    from helpers import central_difference
+
+    x = X[:4] / 4
+    y = np.array([1, -100, 5, 2])
+    kwargs = dict(z_loss=0.3, softcap=1.5, temperature=0.8, label_smoothing=0.1)
+    _, grad = fl.cross_entropy_with_grad(x, y, **kwargs, reduction="none", backend=backend)
+    numeric = central_difference(
+        lambda v: fl.cross_entropy(v, y, **kwargs, reduction="none", backend=backend), x)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-7, atol=1e-9)
