@@ -24,6 +24,7 @@ from ._api import (
 )
 from ._backends import backends
 from ._capi import get_include, get_lib_dir, header_version
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
 __version__ = header_version()
 
@@ -39,6 +40,8 @@ __all__ = [
     "entropy_with_grad",
     "kl_divergence",
     "kl_divergence_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "mse_loss",

@@ -11,7 +11,7 @@ may use: there is no global thread count.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Array = Any  # a NumPy array, or a GPU array for backends that accept them
 
@@ -20,7 +20,7 @@ Array = Any  # a NumPy array, or a GPU array for backends that accept them
 class Kernels(Protocol):
     ACCEPTS_DEVICE_ARRAYS: bool
 
-    def unavailable_reason(self) -> Optional[str]:
+    def unavailable_reason(self) -> str | None:
         """``None`` when the backend can run here, else why not."""
 
     def as_rows(self, a: Array, n_cols: int, dtype) -> Array:
@@ -31,8 +31,8 @@ class Kernels(Protocol):
 
     def cross_entropy(self, x: Array, target: Array, weight: Array, ignore_index: int,
                       label_smoothing: float, softcap: float, inv_temperature: float,
-                      z_grad: float, scale: Optional[Array], loss: Array,
-                      lse: Optional[Array], grad: Optional[Array], n_threads: int) -> None:
+                      z_grad: float, scale: Array | None, loss: Array,
+                      lse: Array | None, grad: Array | None, n_threads: int) -> None:
         """Softmax cross-entropy per row (class indices ``(N,)`` int64 or probabilities).
 
         ``softcap`` 0 means none; ``inv_temperature`` 1 means none; ``lse`` receives the
@@ -40,26 +40,26 @@ class Kernels(Protocol):
         ``scale_i * z_grad * 2 * lse_i * p_ic`` to the gradient (before the transform's
         chain rule)."""
 
-    def binary_cross_entropy(self, x: Array, target: Array, weight: Optional[Array],
-                             pos_weight: Optional[Array], scale: Optional[Array], loss: Array,
-                             grad: Optional[Array], n_threads: int) -> None:
+    def binary_cross_entropy(self, x: Array, target: Array, weight: Array | None,
+                             pos_weight: Array | None, scale: Array | None, loss: Array,
+                             grad: Array | None, n_threads: int) -> None:
         """Elementwise sigmoid BCE; ``weight`` a float64 ``(N, C)`` view (any strides)."""
 
-    def softmax_mse(self, x: Array, target: Array, scale: Optional[Array], loss: Array,
-                    grad: Optional[Array], n_threads: int) -> None:
+    def softmax_mse(self, x: Array, target: Array, scale: Array | None, loss: Array,
+                    grad: Array | None, n_threads: int) -> None:
         """Sum of squared errors between the softmax and one-hot indices or probabilities."""
 
     def kl_divergence(self, x: Array, target: Array, log_target: bool,
-                      scale: Optional[Array], loss: Array, grad: Optional[Array],
+                      scale: Array | None, loss: Array, grad: Array | None,
                       n_threads: int) -> None:
         """KL(target || softmax(x)) per row."""
 
-    def entropy(self, x: Array, scale: Optional[Array], loss: Array, grad: Optional[Array],
+    def entropy(self, x: Array, scale: Array | None, loss: Array, grad: Array | None,
                 n_threads: int) -> None:
         """Entropy of softmax(x) per row."""
 
-    def mse(self, x: Array, target: Array, scale: Optional[Array], loss: Array,
-            grad: Optional[Array], n_threads: int) -> None:
+    def mse(self, x: Array, target: Array, scale: Array | None, loss: Array,
+            grad: Array | None, n_threads: int) -> None:
         """Elementwise squared error."""
 
     def softmax(self, x: Array, out: Array, n_threads: int) -> None: ...

@@ -36,9 +36,31 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.workload == "linear":  # fused linear + cross-entropy, shapes NxHxV
+        from . import _bench_linear
+
+        return _bench_linear.main(args)
+    if args.workload == "boosting":  # gradient + Hessian objectives
+        from . import _bench_boosting
+
+        shapes = _bench_shapes(args.shapes) or ((100000, 10), (10000, 1000))
+        _bench_boosting.bench(shapes, "float32" if args.dtype == "both" else args.dtype,
+                              args.threads)
+        return 0
+    if args.workload == "adapters":  # fastloss.torch / fastloss.jax against their peers
+        from . import _bench_adapters
+
+        shape = (_bench_shapes(args.shapes) or [(2048, 32768)])[0]
+        return _bench_adapters.main([str(shape[0]), str(shape[1])]
+                                    + ([str(args.threads)] if args.threads else []))
     from . import _bench
 
     return _bench.main(args)
+
+
+def _bench_shapes(text):
+    return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")] if text \
+        else None
 
 
 def cmd_demo(args) -> int:
@@ -63,11 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time every backend against NumPy, PyTorch, JAX and "
                                          "the memory-bandwidth limit")
+    bench.add_argument("--workload", default="losses",
+                       choices=["losses", "linear", "boosting", "adapters"],
+                       help="losses (default): every backend per loss; linear: fused "
+                            "linear + cross-entropy (shapes NxHxV); boosting: gradient + "
+                            "Hessian objectives; adapters: fastloss.torch / fastloss.jax")
     bench.add_argument("--shapes", help="comma-separated NxC list, e.g. 2048x32768,512x128256")
     bench.add_argument("--dtype", default="float32",
                        choices=["float32", "float64", "both"])
     bench.add_argument("--backends", help="comma-separated backends (default: all available)")
     bench.add_argument("--threads", type=int, help="threads for every kernel and peer")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs (linear workload)")
     bench.add_argument("--all", action="store_true", help="every loss, not only cross-entropy")
     bench.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds")
     bench.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
