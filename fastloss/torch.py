@@ -1,0 +1,609 @@
+"""PyTorch adapter: fastloss's fused losses as drop-in ``torch.nn.functional`` losses.
+
+``import fastloss.torch`` (``import fastloss`` never imports torch).  Every loss here is a
+``torch.library.custom_op`` that returns ``(loss, grad)`` from fastloss's single fused pass;
+the gradient is saved for backward, which only multiplies it by ``grad_output`` (and skips
+that when ``grad_output`` is 1).  So the losses work in eager mode, under
+``torch.compile(fullgraph=True)`` (no graph break: the ops have fake implementations) and
+pass ``torch.library.opcheck``.
+
+* ``cross_entropy``, ``binary_cross_entropy_with_logits``, ``mse_loss``: the signatures and
+  semantics of ``torch.nn.functional`` for ``(N, C)`` and ``(C,)`` inputs (the elementwise
+  losses take any shape).  ``(N, C, d1, ...)`` inputs are refused: fastloss puts the
+  classes on the *last* axis; flatten them to ``(N * d1 * ..., C)``.
+* ``kl_div_with_logits(logits, target)`` is ``F.kl_div(F.log_softmax(logits, -1), target)``
+  (``reduction="none"`` gives one value per row); ``softmax_mse`` and ``entropy`` are
+  fastloss's own.
+* fastloss's options: ``z_loss``, ``softcap``, ``temperature`` (cross-entropy), ``backend``, ``n_threads`` (default
+  ``torch.get_num_threads()``) and ``inplace_backward=True``, which writes the gradient over
+  the logits' storage (``out=logits``): no gradient buffer is allocated, and **the logits
+  are consumed** (their values are gone after the forward; autograd raises if another op
+  saved them for its own backward).  Under ``torch.compile`` the results are the same;
+  whether the buffer is really shared is then up to the compiler's re-inplacing.
+* CPU tensors reach the kernels without a copy; float16 / bfloat16 are computed in float32
+  and give their gradient in their own dtype.  CUDA tensors go to fastloss's ``cuda``
+  backend through ``__cuda_array_interface__`` (not yet run on a GPU).
+* Gradients flow to the logits only: a target or weight that requires grad is an error;
+  double backward (``create_graph=True``) is not supported.
+"""
+
+# The custom ops' annotations are evaluated by torch (schema inference) on Python >= 3.9:
+# they must say Optional[...], not "X | None".
+# ruff: noqa: UP045
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import fastloss
+from fastloss import _validate as V
+
+__all__ = [
+    "cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "kl_div_with_logits",
+    "softmax_mse",
+    "entropy",
+    "mse_loss",
+    "CrossEntropyLoss",
+    "BCEWithLogitsLoss",
+    "KLDivWithLogitsLoss",
+    "SoftmaxMSELoss",
+    "EntropyLoss",
+    "MSELoss",
+]
+
+_HALF = (torch.float16, torch.bfloat16)
+_NO_GRAD = (0,)  # shape of the placeholder "grad" output of a forward-only call
+
+
+# --------------------------------------------------------------------------------------------
+# tensors <-> arrays
+
+
+def _array(t: Tensor):
+    """What fastloss reads: an ndarray view of a CPU tensor (no copy), or the CUDA tensor
+    itself (fastloss views it through ``__cuda_array_interface__``)."""
+    return t if t.is_cuda else t.numpy()
+
+
+def _backend(backend: str, t: Tensor) -> str:
+    return "cuda" if t.is_cuda and backend == "auto" else backend
+
+
+def _threads(n_threads: int) -> int:
+    return n_threads if n_threads > 0 else torch.get_num_threads()
+
+
+def _compute(t: Tensor) -> Tensor:
+    """A detached, contiguous float32/float64 tensor (float16/bfloat16 are upcast: a copy)."""
+    t = t.detach()
+    if t.dtype in _HALF:
+        return t.to(torch.float32, memory_format=torch.contiguous_format)
+    return t.contiguous()
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A target of the compute dtype (float targets) as an array; integers are kept."""
+    t = t.detach()
+    if t.is_floating_point() and t.dtype != dtype:
+        t = t.to(dtype, memory_format=torch.contiguous_format)
+    return _array(t.contiguous())
+
+
+def _host64(t: Optional[Tensor]) -> Optional[np.ndarray]:
+    """Weights: small, read once, float64 on the host (what fastloss uses anyway)."""
+    if t is None:
+        return None
+    return t.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
+
+
+def _loss_tensor(loss, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if isinstance(loss, np.ndarray):
+        out = torch.from_numpy(loss).to(dtype)
+    else:
+        out = torch.tensor(float(loss), dtype=dtype)
+    return out if device.type == "cpu" else out.to(device)
+
+
+def _fused(with_grad, forward, logits: Tensor, args: tuple, kwargs: dict, *, want_grad: bool,
+           consume: bool, backend: str, n_threads: int):
+    """Run one fastloss loss on ``logits``; return ``(loss, grad or None)``.
+
+    ``consume``: the gradient is written over ``logits`` (the op mutates it)."""
+    x = _compute(logits)
+    kwargs = dict(kwargs, backend=_backend(backend, x), n_threads=_threads(n_threads))
+    if not want_grad:
+        loss = forward(_array(x), *args, **kwargs)
+        return _loss_tensor(loss, logits.dtype, logits.device), None
+    # x is a private copy for float16/bfloat16 or non-contiguous logits: the gradient
+    # can overwrite it; for in-place calls it overwrites the logits themselves.  Otherwise
+    # fastloss allocates it (on the CPU NumPy asks for huge pages: fewer page faults than
+    # torch.empty)
+    private = x.data_ptr() != logits.data_ptr() or x.dtype != logits.dtype
+    if private or consume:
+        g = x
+        loss, _ = with_grad(_array(x), *args, out=_array(g), **kwargs)
+    elif x.is_cuda:
+        g = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        loss, _ = with_grad(_array(x), *args, out=g, **kwargs)
+    else:
+        loss, grad = with_grad(_array(x), *args, **kwargs)
+        g = torch.from_numpy(grad)
+    if g.dtype != logits.dtype:
+        g = g.to(logits.dtype)
+    if consume and g.data_ptr() != logits.data_ptr():
+        logits.copy_(g)
+        g = logits
+    return _loss_tensor(loss, logits.dtype, logits.device), g
+
+
+def _grad_or_placeholder(logits: Tensor, grad: Optional[Tensor]) -> Tensor:
+    return grad if grad is not None else logits.new_empty(_NO_GRAD)
+
+
+# --------------------------------------------------------------------------------------------
+# the custom ops: each returns (loss, grad); grad is an empty placeholder when not wanted
+
+
+def _ce_kwargs(weight, ignore_index, label_smoothing, reduction, z_loss, softcap,
+               temperature, soft: bool) -> dict:
+    kw = dict(weight=_host64(weight), label_smoothing=label_smoothing, reduction=reduction)
+    if not soft:  # torch ignores ignore_index with probability targets; fastloss refuses it
+        kw["ignore_index"] = ignore_index
+    # the custom ops carry floats: softcap 0.0 stands for None
+    kw.update(z_loss=z_loss, softcap=softcap or None, temperature=temperature)
+    return kw
+
+
+def _ce(logits, target, weight, ignore_index, label_smoothing, reduction, z_loss, softcap,
+        temperature, want_grad, backend, n_threads, consume):
+    x_dtype = torch.float32 if logits.dtype in _HALF else logits.dtype
+    soft = target.is_floating_point()
+    t = _as(target, x_dtype)
+    kw = _ce_kwargs(weight, ignore_index, label_smoothing, reduction, z_loss, softcap,
+                    temperature, soft)
+    return _fused(fastloss.cross_entropy_with_grad, fastloss.cross_entropy, logits, (t,), kw,
+                  want_grad=want_grad, consume=consume, backend=backend, n_threads=n_threads)
+
+
+@torch.library.custom_op("fastloss::cross_entropy", mutates_args=())
+def _cross_entropy_op(logits: Tensor, target: Tensor, weight: Optional[Tensor],
+                      ignore_index: int, label_smoothing: float, reduction: str, z_loss: float,
+                      softcap: float, temperature: float, want_grad: bool, backend: str,
+                      n_threads: int) -> tuple[Tensor, Tensor]:
+    loss, grad = _ce(logits, target, weight, ignore_index, label_smoothing, reduction, z_loss,
+                     softcap, temperature, want_grad, backend, n_threads, consume=False)
+    return loss, _grad_or_placeholder(logits, grad)
+
+
+@torch.library.custom_op("fastloss::cross_entropy_overwrite", mutates_args=("logits",))
+def _cross_entropy_overwrite_op(logits: Tensor, target: Tensor, weight: Optional[Tensor],
+                                ignore_index: int, label_smoothing: float, reduction: str,
+                                z_loss: float, softcap: float, temperature: float,
+                                backend: str, n_threads: int) -> Tensor:
+    """Cross-entropy whose gradient overwrites ``logits`` (``out=logits``)."""
+    loss, _ = _ce(logits, target, weight, ignore_index, label_smoothing, reduction, z_loss,
+                  softcap, temperature, True, backend, n_threads, consume=True)
+    return loss
+
+
+def _bce(logits, target, weight, pos_weight, reduction, want_grad, backend, n_threads,
+         consume):
+    x_dtype = torch.float32 if logits.dtype in _HALF else logits.dtype
+    kw = dict(weight=_host64(weight), pos_weight=_host64(pos_weight), reduction=reduction)
+    return _fused(fastloss.binary_cross_entropy_with_logits_with_grad,
+                  fastloss.binary_cross_entropy_with_logits, logits, (_as(target, x_dtype),),
+                  kw, want_grad=want_grad, consume=consume, backend=backend,
+                  n_threads=n_threads)
+
+
+@torch.library.custom_op("fastloss::binary_cross_entropy_with_logits", mutates_args=())
+def _bce_op(logits: Tensor, target: Tensor, weight: Optional[Tensor],
+            pos_weight: Optional[Tensor], reduction: str, want_grad: bool, backend: str,
+            n_threads: int) -> tuple[Tensor, Tensor]:
+    loss, grad = _bce(logits, target, weight, pos_weight, reduction, want_grad, backend,
+                      n_threads, consume=False)
+    return loss, _grad_or_placeholder(logits, grad)
+
+
+@torch.library.custom_op("fastloss::binary_cross_entropy_with_logits_overwrite",
+                         mutates_args=("logits",))
+def _bce_overwrite_op(logits: Tensor, target: Tensor, weight: Optional[Tensor],
+                      pos_weight: Optional[Tensor], reduction: str, backend: str,
+                      n_threads: int) -> Tensor:
+    loss, _ = _bce(logits, target, weight, pos_weight, reduction, True, backend, n_threads,
+                   consume=True)
+    return loss
+
+
+def _simple(name: str, logits, target, extra: dict, reduction, want_grad, backend,
+            n_threads, consume):
+    """softmax_mse, kl_divergence, entropy, mse_loss."""
+    x_dtype = torch.float32 if logits.dtype in _HALF else logits.dtype
+    args = () if target is None else (_as(target, x_dtype),)
+    return _fused(getattr(fastloss, name + "_with_grad"), getattr(fastloss, name), logits,
+                  args, dict(extra, reduction=reduction), want_grad=want_grad,
+                  consume=consume, backend=backend, n_threads=n_threads)
+
+
+@torch.library.custom_op("fastloss::softmax_mse", mutates_args=())
+def _softmax_mse_op(logits: Tensor, target: Tensor, reduction: str, want_grad: bool,
+                    backend: str, n_threads: int) -> tuple[Tensor, Tensor]:
+    loss, grad = _simple("softmax_mse", logits, target, {}, reduction, want_grad, backend,
+                         n_threads, False)
+    return loss, _grad_or_placeholder(logits, grad)
+
+
+@torch.library.custom_op("fastloss::kl_div_with_logits", mutates_args=())
+def _kl_op(logits: Tensor, target: Tensor, log_target: bool, reduction: str, want_grad: bool,
+           backend: str, n_threads: int) -> tuple[Tensor, Tensor]:
+    loss, grad = _simple("kl_divergence", logits, target, {"log_target": log_target},
+                         reduction, want_grad, backend, n_threads, False)
+    return loss, _grad_or_placeholder(logits, grad)
+
+
+@torch.library.custom_op("fastloss::entropy", mutates_args=())
+def _entropy_op(logits: Tensor, reduction: str, want_grad: bool, backend: str,
+                n_threads: int) -> tuple[Tensor, Tensor]:
+    loss, grad = _simple("entropy", logits, None, {}, reduction, want_grad, backend,
+                         n_threads, False)
+    return loss, _grad_or_placeholder(logits, grad)
+
+
+@torch.library.custom_op("fastloss::mse_loss", mutates_args=())
+def _mse_op(input: Tensor, target: Tensor, reduction: str, want_grad: bool, backend: str,
+            n_threads: int) -> tuple[Tensor, Tensor]:
+    loss, grad = _simple("mse_loss", input, target, {}, reduction, want_grad, backend,
+                         n_threads, False)
+    return loss, _grad_or_placeholder(input, grad)
+
+
+# --------------------------------------------------------------------------------------------
+# fake implementations (shapes and dtypes only) and autograd
+
+# op -> (index of `reduction` in its arguments, index of `want_grad`, elementwise loss?)
+_OPS = {
+    _cross_entropy_op: (5, 9, False),
+    _bce_op: (4, 5, True),
+    _softmax_mse_op: (2, 3, False),
+    _kl_op: (3, 4, False),
+    _entropy_op: (1, 2, False),
+    _mse_op: (2, 3, True),
+}
+_OVERWRITE_OPS = {_cross_entropy_overwrite_op: (5, False), _bce_overwrite_op: (4, True)}
+
+
+def _loss_shape(logits: Tensor, reduction: str, elementwise: bool):
+    if reduction != "none":
+        return ()
+    return logits.shape if elementwise else logits.shape[:-1]
+
+
+def _register(op, reduction_at: int, want_grad_at: int, elementwise: bool) -> None:
+    def fake(*args):
+        logits = args[0]
+        loss = logits.new_empty(_loss_shape(logits, args[reduction_at], elementwise))
+        grad = logits.new_empty(logits.shape if args[want_grad_at] else _NO_GRAD)
+        return loss, grad
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # else backward gets zeros the size of the logits
+        ctx.n_inputs = len(inputs)
+        ctx.broadcast_rows = inputs[reduction_at] == "none" and not elementwise
+
+    def backward(ctx, grad_loss, _grad_of_grad):
+        (grad,) = ctx.saved_tensors
+        if grad_loss is None:  # not materialized: nothing flows back
+            return (None,) * ctx.n_inputs
+        return (_scaled(grad, grad_loss, ctx.broadcast_rows),) + (None,) * (ctx.n_inputs - 1)
+
+    op.register_fake(fake)
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+def _register_overwrite(op, reduction_at: int, elementwise: bool) -> None:
+    def fake(*args):
+        logits = args[0]
+        return logits.new_empty(_loss_shape(logits, args[reduction_at], elementwise))
+
+    op.register_fake(fake)
+
+
+def _is_one(grad_loss: Tensor) -> bool:
+    """``grad_output == 1`` (what ``loss.backward()`` passes), checked only on real CPU
+    tensors in eager mode: reading a GPU value would synchronise, and a traced graph cannot
+    branch on data."""
+    return (type(grad_loss) is torch.Tensor and grad_loss.ndim == 0
+            and grad_loss.device.type == "cpu" and not torch.compiler.is_compiling()
+            and grad_loss.item() == 1.0)
+
+
+def _scaled(grad: Tensor, grad_loss: Tensor, broadcast_rows: bool) -> Tensor:
+    if grad.numel() == 0 and grad.shape == _NO_GRAD:
+        raise RuntimeError("fastloss.torch: the forward was run without a gradient (the "
+                           "logits did not require grad, or grad mode was off)")
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError("fastloss.torch losses support a single backward; double "
+                           "backward (create_graph=True) is not implemented")
+    if _is_one(grad_loss):
+        return grad
+    return grad * (grad_loss.unsqueeze(-1) if broadcast_rows else grad_loss)
+
+
+for _op, (_r, _w, _e) in _OPS.items():
+    _register(_op, _r, _w, _e)
+for _op, (_r, _e) in _OVERWRITE_OPS.items():
+    _register_overwrite(_op, _r, _e)
+
+
+class _Overwrite(torch.autograd.Function):
+    """Autograd for the ``*_overwrite`` ops: the logits hold the gradient after the forward;
+    backward returns them (scaled).  A custom op that mutates an input cannot have a
+    registered autograd formula, hence this Function around it (eager mode only)."""
+
+    @staticmethod
+    def forward(ctx, name, broadcast_rows, logits, *args):
+        op = _OVERWRITE_NAMES[name]
+        loss = op(logits, *args)
+        ctx.save_for_backward(logits)  # now the gradient
+        ctx.broadcast_rows = broadcast_rows
+        ctx.n_args = len(args)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return (None, None, _scaled(grad, grad_loss, ctx.broadcast_rows)) + (None,) * ctx.n_args
+
+
+_OVERWRITE_NAMES = {"cross_entropy": _cross_entropy_overwrite_op, "bce": _bce_overwrite_op}
+
+
+# --------------------------------------------------------------------------------------------
+# argument handling shared by the public functions
+
+
+def _reduction(size_average, reduce, reduction: str) -> str:
+    if size_average is not None or reduce is not None:
+        from torch.nn import _reduction
+
+        return _reduction.legacy_get_string(size_average, reduce)
+    return reduction
+
+
+def _rows_only(logits: Tensor, name: str) -> None:
+    if logits.dim() > 2:
+        c = "C"
+        raise ValueError(
+            f"fastloss.torch.{name} takes logits of shape (N, C) or (C,), got "
+            f"{tuple(logits.shape)}: fastloss puts the classes on the last axis.  For "
+            f"PyTorch's (N, C, d1, ...) layout, move the class axis last and flatten: "
+            f"logits.movedim(1, -1).reshape(-1, {c}) and target.reshape(-1) (class indices) "
+            f"or target.movedim(1, -1).reshape(-1, {c}) (probabilities)")
+
+
+def _no_grad_needed(name: str, **tensors) -> None:
+    for arg, t in tensors.items():
+        if t is not None and t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"fastloss.torch.{name}: gradients with respect to {arg} are not "
+                             f"supported; pass {arg}.detach()")
+
+
+def _wants_grad(logits: Tensor) -> bool:
+    return logits.requires_grad and torch.is_grad_enabled()
+
+
+def _overwrite(inplace_backward: bool, logits: Tensor) -> bool:
+    return inplace_backward and _wants_grad(logits)
+
+
+def _check_options(z_loss, softcap, temperature) -> tuple:
+    """fastloss's validators (ValueError naming the option); softcap None becomes 0.0."""
+    return (V.z_loss(z_loss), float(V.softcap(softcap) or 0.0), V.temperature(temperature))
+
+
+# --------------------------------------------------------------------------------------------
+# the public functions
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                  size_average=None, ignore_index: int = -100, reduce=None,
+                  reduction: str = "mean", label_smoothing: float = 0.0, *,
+                  z_loss: float = 0.0, softcap: Optional[float] = None,
+                  temperature: float = 1.0, inplace_backward: bool = False,
+                  backend: str = "auto", n_threads: Optional[int] = None) -> Tensor:
+    """``torch.nn.functional.cross_entropy`` for ``(N, C)`` / ``(C,)`` logits, fused.
+
+    ``target``: class indices (``(N,)``) or probabilities (the logits' shape).  fastloss's
+    options: ``z_loss`` (adds ``z_loss * logsumexp(z)^2`` per row, averaged over the counted
+    rows for "mean"), ``softcap`` (``x -> softcap * tanh(x / softcap)``), ``temperature``
+    (divides the capped logits), ``inplace_backward`` (the gradient overwrites ``input``,
+    which is consumed), ``backend``, ``n_threads``.
+    """
+    reduction = _reduction(size_average, reduce, reduction)
+    _rows_only(input, "cross_entropy")
+    _no_grad_needed("cross_entropy", target=target, weight=weight)
+    z_loss, softcap, temperature = _check_options(z_loss, softcap, temperature)
+    args = (target, weight, int(ignore_index), float(label_smoothing), reduction, z_loss,
+            softcap, temperature)
+    threads = n_threads or 0
+    if _overwrite(inplace_backward, input):
+        return _Overwrite.apply("cross_entropy", reduction == "none", input, *args, backend,
+                                threads)
+    loss, _ = _cross_entropy_op(input, *args, _wants_grad(input), backend, threads)
+    return loss
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
+                                     weight: Optional[Tensor] = None, size_average=None,
+                                     reduce=None, reduction: str = "mean",
+                                     pos_weight: Optional[Tensor] = None, *,
+                                     inplace_backward: bool = False, backend: str = "auto",
+                                     n_threads: Optional[int] = None) -> Tensor:
+    """``torch.nn.functional.binary_cross_entropy_with_logits``, fused (any shape; the
+    target must have the input's shape; ``pos_weight`` is per class, on the last axis)."""
+    reduction = _reduction(size_average, reduce, reduction)
+    _no_grad_needed("binary_cross_entropy_with_logits", target=target, weight=weight,
+                    pos_weight=pos_weight)
+    args = (target, weight, pos_weight, reduction)
+    threads = n_threads or 0
+    if _overwrite(inplace_backward, input):
+        return _Overwrite.apply("bce", False, input, *args, backend, threads)
+    loss, _ = _bce_op(input, *args, _wants_grad(input), backend, threads)
+    return loss
+
+
+def kl_div_with_logits(logits: Tensor, target: Tensor, reduction: str = "mean",
+                       log_target: bool = False, *, backend: str = "auto",
+                       n_threads: Optional[int] = None) -> Tensor:
+    """``F.kl_div(F.log_softmax(logits, -1), target, reduction=..., log_target=...)`` fused.
+
+    ``reduction="none"`` gives one value per row (the sum over the classes), not one per
+    element.  ``"batchmean"`` divides by ``logits.shape[0]`` as PyTorch does.
+    """
+    _rows_only(logits, "kl_div_with_logits")
+    _no_grad_needed("kl_div_with_logits", target=target)
+    if reduction == "batchmean" and logits.dim() == 1:
+        reduction = "mean"  # PyTorch divides by input.size(0), i.e. C, for 1-D input
+    loss, _ = _kl_op(logits, target, bool(log_target), reduction, _wants_grad(logits),
+                     backend, n_threads or 0)
+    return loss
+
+
+def softmax_mse(logits: Tensor, target: Tensor, reduction: str = "mean", *,
+                backend: str = "auto", n_threads: Optional[int] = None) -> Tensor:
+    """``sum_c (softmax(logits)_c - t_c)^2`` per row (Brier score); ``target``: class
+    indices or probabilities.  "mean" averages the rows."""
+    _rows_only(logits, "softmax_mse")
+    _no_grad_needed("softmax_mse", target=target)
+    loss, _ = _softmax_mse_op(logits, target, reduction, _wants_grad(logits), backend,
+                              n_threads or 0)
+    return loss
+
+
+def entropy(logits: Tensor, reduction: str = "mean", *, backend: str = "auto",
+            n_threads: Optional[int] = None) -> Tensor:
+    """Shannon entropy (nats) of ``softmax(logits)`` per row; "mean" averages the rows."""
+    _rows_only(logits, "entropy")
+    loss, _ = _entropy_op(logits, reduction, _wants_grad(logits), backend, n_threads or 0)
+    return loss
+
+
+def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+             reduction: str = "mean", weight=None, *, backend: str = "auto",
+             n_threads: Optional[int] = None) -> Tensor:
+    """``torch.nn.functional.mse_loss``, fused (no broadcasting: same shapes)."""
+    if weight is not None:
+        raise NotImplementedError("fastloss.torch.mse_loss: weight is not supported")
+    reduction = _reduction(size_average, reduce, reduction)
+    _no_grad_needed("mse_loss", target=target)
+    loss, _ = _mse_op(input, target, reduction, _wants_grad(input), backend, n_threads or 0)
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# nn.Module wrappers
+
+
+class _Loss(nn.Module):
+    def __init__(self, reduction: str = "mean", size_average=None, reduce=None, *,
+                 backend: str = "auto", n_threads: Optional[int] = None):
+        super().__init__()
+        self.reduction = _reduction(size_average, reduce, reduction)
+        self.backend = backend
+        self.n_threads = n_threads
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(_Loss):
+    """``torch.nn.CrossEntropyLoss`` on fastloss (see :func:`cross_entropy`)."""
+
+    def __init__(self, weight: Optional[Tensor] = None, size_average=None,
+                 ignore_index: int = -100, reduce=None, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+                 softcap: Optional[float] = None, temperature: float = 1.0,
+                 inplace_backward: bool = False, backend: str = "auto",
+                 n_threads: Optional[int] = None):
+        super().__init__(reduction, size_average, reduce, backend=backend,
+                         n_threads=n_threads)
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.z_loss, self.softcap, self.temperature = z_loss, softcap, temperature
+        self.inplace_backward = inplace_backward
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             z_loss=self.z_loss, softcap=self.softcap,
+                             temperature=self.temperature,
+                             inplace_backward=self.inplace_backward, backend=self.backend,
+                             n_threads=self.n_threads)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """``torch.nn.BCEWithLogitsLoss`` on fastloss."""
+
+    def __init__(self, weight: Optional[Tensor] = None, size_average=None, reduce=None,
+                 reduction: str = "mean", pos_weight: Optional[Tensor] = None, *,
+                 inplace_backward: bool = False, backend: str = "auto",
+                 n_threads: Optional[int] = None):
+        super().__init__(reduction, size_average, reduce, backend=backend,
+                         n_threads=n_threads)
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.inplace_backward = inplace_backward
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return binary_cross_entropy_with_logits(
+            input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight,
+            inplace_backward=self.inplace_backward, backend=self.backend,
+            n_threads=self.n_threads)
+
+
+class KLDivWithLogitsLoss(_Loss):
+    """``torch.nn.KLDivLoss`` applied to ``log_softmax(logits)`` (see
+    :func:`kl_div_with_logits`)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean",
+                 log_target: bool = False, *, backend: str = "auto",
+                 n_threads: Optional[int] = None):
+        super().__init__(reduction, size_average, reduce, backend=backend,
+                         n_threads=n_threads)
+        self.log_target = log_target
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return kl_div_with_logits(input, target, self.reduction, self.log_target,
+                                  backend=self.backend, n_threads=self.n_threads)
+
+
+class SoftmaxMSELoss(_Loss):
+    """Squared error between ``softmax(logits)`` and a target (see :func:`softmax_mse`)."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return softmax_mse(input, target, self.reduction, backend=self.backend,
+                           n_threads=self.n_threads)
+
+
+class EntropyLoss(_Loss):
+    """Entropy of ``softmax(logits)`` (see :func:`entropy`)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return entropy(input, self.reduction, backend=self.backend, n_threads=self.n_threads)
+
+
+class MSELoss(_Loss):
+    """``torch.nn.MSELoss`` on fastloss."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return mse_loss(input, target, reduction=self.reduction, backend=self.backend,
+                        n_threads=self.n_threads)
