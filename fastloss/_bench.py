@@ -37,14 +37,14 @@ class Result:
     mode: str  # "forward" or "fused"
     shape: tuple
     dtype: str
-    impl: str  # backend name, "torch", "jax", or "limit"
+    impl: str  # backend, "reference" (float64), "numpy" (plain), "torch", "jax", "limit"
     seconds: float  # best of `runs`
     runs: int
     warmup_seconds: float
     bytes_moved: int
     check: str  # "ok", "WRONG (...)", "reference", or "-"
     ratio_limit: float = float("nan")  # time / physical limit
-    speedup_numpy: float = float("nan")  # numpy time / time
+    speedup_numpy: float = float("nan")  # plain NumPy time / time
     speedup_peer: float = float("nan")  # best peer time / time
 
     @property
@@ -124,6 +124,16 @@ def _torch_peer(case, logits, args, mode, threads, device="cpu"):
     return run_fused
 
 
+def _numpy_peer(case, logits, args, mode, threads):
+    """Plain vectorised NumPy in the input's dtype: what a NumPy user runs (the table's)."""
+    if case.spec.numpy is None:
+        return None
+    target = np.asarray(args[0]) if args else None
+    if mode == "forward":
+        return lambda: (case.spec.numpy(logits, target, False),)
+    return lambda: case.spec.numpy(logits, target, True)
+
+
 def _jax_peer(case, logits, args, mode, threads):
     """The loss as a JAX user writes it (optax where it has the loss), under ``jit``."""
     if case.spec.jax is None:
@@ -175,10 +185,22 @@ def _dtypes(options):
     return ["float32", "float64"] if options.dtype == "both" else [options.dtype]
 
 
+def _losses_wanted(options):
+    """--loss NAME[,NAME...] (names of the loss table), --all, or cross-entropy alone."""
+    names = getattr(options, "loss", None)
+    if not names:
+        return ALL_LOSSES if options.all else DEFAULT_LOSSES
+    wanted = [n.strip() for n in names.split(",")]
+    for name in wanted:
+        if name not in _losses.LOSSES:
+            raise SystemExit(f"unknown loss {name!r}; known: {', '.join(_losses.LOSSES)}")
+    return [case_id for case_id in ALL_LOSSES if CASES_BY_ID[case_id].loss in wanted]
+
+
 def _workloads(options):
     shapes = _shapes(options, DEFAULT_SHAPES)
     dtypes = _dtypes(options)
-    losses = ALL_LOSSES if options.all else DEFAULT_LOSSES
+    losses = _losses_wanted(options)
     return [(CASES_BY_ID[loss], mode, shape, dtype) for loss in losses
             for shape in shapes for dtype in dtypes for mode in ("forward", "fused")]
 
@@ -224,8 +246,8 @@ def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progr
             progress(f"{label}: {impl}")
         t, n, w, out = _timeit(lambda impl=impl: call(impl), budget)
         out = tuple(np.array(o, copy=True) for o in out)
-        if impl == "numpy":
-            reference, check = out, "reference"
+        if impl == "numpy":  # the float64 reference behind the kernel protocol: the check
+            reference, check, impl = out, "reference", "reference"
         else:
             check = _agrees(out, reference, dtype)
         group.append(Result(case.loss, mode, shape, dtype, impl, t, n, w, nbytes, check))
@@ -239,7 +261,8 @@ def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progr
         group.append(Result(case.loss, mode, shape, dtype, name, t, n, w, nbytes,
                             _agrees(out, reference, dtype)))
     limit = group[0].seconds
-    numpy_t = next(r.seconds for r in group if r.impl == "numpy")
+    numpy_t = next((r.seconds for r in group if r.impl == "numpy"),
+                   next(r.seconds for r in group if r.impl == "reference"))
     peer_ts = [r.seconds for r in group if r.impl in ("torch", "jax")]
     for r in group:
         r.ratio_limit = r.seconds / limit
@@ -314,7 +337,9 @@ def _reference_result(case, mode, logits, args, kwargs):
 def run(options, progress=None) -> list[Result]:
     budget = 0.05 if options.quick else 0.4
     impls = _backends_to_run(options)
-    peers = [] if options.no_peers else [("torch", _torch_peer), ("jax", _jax_peer)]
+    peers = [("numpy", _numpy_peer)]
+    if not options.no_peers:
+        peers += [("torch", _torch_peer), ("jax", _jax_peer)]
     results = []
     for case, mode, shape, dtype in _workloads(options):
         results.extend(_run_workload(case, mode, shape, dtype, impls, peers, options, budget,
@@ -368,7 +393,9 @@ def render(results, info, console=None):
                      f"{r.gbps:.1f}", r.check])
     title = (f"fastloss {info['date']} - {info['cpu']['model']}, {info['threads']} threads; "
              "x limit = time / parallel copy (fused) or read (forward) of the logits; "
-             "vs numpy/peer = their time / this time; fused calls write into out=")
+             "vs numpy/peer = their time / this time (numpy: plain vectorised NumPy in the "
+             "input's dtype; reference: the float64 oracle that checks every result); "
+             "fused calls write into out=")
     try:
         from rich.console import Console
         from rich.table import Table
@@ -391,6 +418,29 @@ def render(results, info, console=None):
             "dim" if r.impl == "limit" else None)
         table.add_row(*row, style=style)
     (console or Console(width=200)).print(table)
+
+
+def _key(r) -> tuple:
+    return (r["loss"], r["mode"], tuple(r["shape"]), r["dtype"], r["impl"])
+
+
+def compare(results, old_path):
+    """Each ratio of this run beside the same figure of an earlier ``--json`` run."""
+    with open(old_path) as f:
+        old = {_key(r): r for r in json.load(f)["results"]}
+    print(f"\nagainst {old_path} (now / before; a regression is a larger x limit)")
+    print(f"{'loss':<34}{'mode':<8}{'shape':<13}{'dtype':<8}{'impl':<10}"
+          f"{'x limit':>16}{'vs numpy':>18}{'ms':>20}")
+    for r in results:
+        before = old.get(_key(asdict(r)))
+        if before is None or r.impl == "limit":
+            continue
+        now_then = [(r.ratio_limit, before["ratio_limit"]),
+                    (r.speedup_numpy, before["speedup_numpy"]),
+                    (r.seconds * 1e3, before["seconds"] * 1e3)]
+        cells = "".join(f"{_fmt(a, '.2f'):>8} / {_fmt(b, '.2f'):<7}" for a, b in now_then)
+        print(f"{r.loss:<34}{r.mode:<8}{r.shape[0]}x{r.shape[1]:<8}{r.dtype:<8}{r.impl:<10}"
+              + cells)
 
 
 def plot(results, path):
@@ -441,8 +491,10 @@ def main(options) -> int:
 
             results = run(options, progress)
     render(results, info)
-    if not any(r.impl not in ("numpy", "limit", "torch", "jax") for r in results):
+    if not any(r.impl not in ("reference", "numpy", "limit", "torch", "jax") for r in results):
         print("no accelerated backend is available: only the NumPy reference was timed")
+    if getattr(options, "compare", None):
+        compare(results, options.compare)
     if options.json:
         with open(options.json, "w") as f:
             json.dump({"machine": info, "results": [

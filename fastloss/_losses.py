@@ -50,6 +50,8 @@ class Loss:
     reference: Callable  # (x float64 (..., C), target, options) -> (unreduced loss, grad)
     torch: Callable | None = None  # (torch, x, target, options, reduction) -> loss tensor
     jax: Callable | None = None  # (jnp, x, target) -> mean loss, default options
+    numpy: Callable | None = None  # plain vectorised NumPy in x's dtype, default options:
+    #                                (x (N, C), target, want_grad) -> loss or (loss, grad)
     input_name: str = "logits"
     target: str | None = "target"  # name of the target argument (None: no target)
     elementwise: bool = False  # one loss value per element, not per row
@@ -89,6 +91,76 @@ def _soft_or_index(target, logits, ignore_index):
     if V.is_probability_target(target, logits):
         return V.same_shape(target, logits, "target"), True
     return V.class_target(target, logits, ignore_index), False
+
+
+# ------------------------------------------------------------------------------- plain NumPy
+# What a NumPy user writes, in the input's dtype, with the loss's default options and
+# reduction: the honest baseline of `python -m fastloss bench` (the float64 reference checks
+# results; it is not a speed baseline).
+
+def _np_softmax(x):
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=-1, keepdims=True)
+    return z, e, s
+
+
+def _np_cross_entropy(x, target, want_grad):
+    z, e, s = _np_softmax(x)
+    rows = np.arange(x.shape[0])
+    loss = (np.log(s[:, 0]) - z[rows, target]).mean()
+    if not want_grad:
+        return loss
+    grad = e / s
+    grad[rows, target] -= 1
+    grad /= x.shape[0]
+    return loss, grad
+
+
+def _np_bce(x, t, want_grad):
+    loss = (np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))).mean()
+    if not want_grad:
+        return loss
+    return loss, (1 / (1 + np.exp(-x)) - t) / x.size
+
+
+def _np_softmax_mse(x, target, want_grad):
+    _, e, s = _np_softmax(x)
+    p = e / s
+    d = p
+    d[np.arange(x.shape[0]), target] -= 1  # p - onehot, in place
+    loss = (d * d).sum(axis=-1).mean()
+    if not want_grad:
+        return loss
+    p = d.copy()
+    p[np.arange(x.shape[0]), target] += 1
+    return loss, 2 * p * (d - (d * p).sum(axis=-1, keepdims=True)) / x.shape[0]
+
+
+def _np_kl(x, t, want_grad):
+    z, e, s = _np_softmax(x)
+    logp = z - np.log(s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = np.where(t > 0, t * (np.log(t) - logp), 0).sum() / x.shape[0]
+    if not want_grad:
+        return loss
+    return loss, (t.sum(axis=-1, keepdims=True) * (e / s) - t) / x.shape[0]
+
+
+def _np_entropy(x, target, want_grad):
+    z, e, s = _np_softmax(x)
+    logp = z - np.log(s)
+    p = e / s
+    h = -(p * logp).sum(axis=-1)
+    if not want_grad:
+        return h.mean()
+    return h.mean(), -p * (logp + h[:, None]) / x.shape[0]
+
+
+def _np_mse(x, t, want_grad):
+    d = x - t
+    loss = (d * d).mean()
+    return (loss, 2 * d / x.size) if want_grad else loss
 
 
 # ------------------------------------------------------------------------------- cross-entropy
@@ -156,7 +228,7 @@ def _jax_cross_entropy(jnp, x, target):
 
 CROSS_ENTROPY = Loss(
     "cross_entropy", "cross_entropy", _prepare_cross_entropy, _reference_cross_entropy,
-    torch=_torch_cross_entropy, jax=_jax_cross_entropy,
+    torch=_torch_cross_entropy, jax=_jax_cross_entropy, numpy=_np_cross_entropy,
     options=(Option("weight", None, lambda v: v),  # checked against C in prepare
              Option("ignore_index", -100, lambda v: V.integer(v, "ignore_index")),
              Option("label_smoothing", 0.0, V.label_smoothing),
@@ -196,7 +268,7 @@ BINARY_CROSS_ENTROPY = Loss(
     "binary_cross_entropy_with_logits", "binary_cross_entropy", _prepare_bce,
     lambda x, t, o: reference.binary_cross_entropy_with_logits(x, t, o["weight"],
                                                                o["pos_weight"]),
-    torch=_torch_bce, jax=_jax_bce, elementwise=True,
+    torch=_torch_bce, jax=_jax_bce, numpy=_np_bce, elementwise=True,
     options=(Option("weight", None, lambda v: v), Option("pos_weight", None, lambda v: v)),
     summary="elementwise sigmoid binary cross-entropy",
 )
@@ -227,7 +299,7 @@ def _jax_softmax_mse(jnp, x, target):
 SOFTMAX_MSE = Loss(
     "softmax_mse", "softmax_mse", _prepare_softmax_mse,
     _rowwise(lambda x, t, o: reference.softmax_mse(x, t)),
-    torch=_torch_softmax_mse, jax=_jax_softmax_mse,
+    torch=_torch_softmax_mse, jax=_jax_softmax_mse, numpy=_np_softmax_mse,
     summary="sum_c (softmax_c - t_c)^2, the Brier score",
 )
 
@@ -261,7 +333,7 @@ def _jax_kl(jnp, x, target):
 KL_DIVERGENCE = Loss(
     "kl_divergence", "kl_divergence", _prepare_kl,
     _rowwise(lambda x, t, o: reference.kl_divergence(x, t, o["log_target"])),
-    torch=_torch_kl, jax=_jax_kl,
+    torch=_torch_kl, jax=_jax_kl, numpy=_np_kl,
     options=(Option("log_target", False, lambda v: V.boolean(v, "log_target")),),
     reductions=REDUCTIONS + ("batchmean",), default_reduction="batchmean",
     summary="KL(target || softmax(logits))",
@@ -284,7 +356,7 @@ def _jax_entropy(jnp, x, target):
 ENTROPY = Loss(
     "entropy", "entropy", lambda call, x_user, target, o: Prepared((), call.n_rows),
     _rowwise(lambda x, t, o: reference.entropy(x)),
-    torch=_torch_entropy, jax=_jax_entropy, target=None,
+    torch=_torch_entropy, jax=_jax_entropy, numpy=_np_entropy, target=None,
     summary="H(softmax(logits))",
 )
 
@@ -297,7 +369,7 @@ def _prepare_mse(call, x_user, target, o):
 MSE = Loss(
     "mse_loss", "mse", _prepare_mse, lambda x, t, o: reference.mse_loss(x, t),
     torch=lambda torch, x, t, o, r: torch.nn.functional.mse_loss(x, t, reduction=r),
-    jax=lambda jnp, x, t: ((x - t) ** 2).mean(),
+    jax=lambda jnp, x, t: ((x - t) ** 2).mean(), numpy=_np_mse,
     input_name="input", elementwise=True, summary="elementwise (input - target)^2",
 )
 

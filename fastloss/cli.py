@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="threads for every kernel and peer")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs (linear workload)")
     bench.add_argument("--all", action="store_true", help="every loss, not only cross-entropy")
+    bench.add_argument("--loss", help="comma-separated losses of the table, e.g. "
+                                      "binary_cross_entropy_with_logits,kl_divergence")
+    bench.add_argument("--compare", metavar="OLD.json",
+                       help="print each ratio beside the same figure of an earlier --json run")
     bench.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds")
     bench.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
     bench.add_argument("--json", metavar="FILE", help="write every figure and machine info")

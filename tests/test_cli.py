@@ -36,14 +36,14 @@ def test_bench_quick_json_and_plot(tmp_path):
     data = json.loads(report.read_text())
     results = data["results"]
     impls = {r["impl"] for r in results}
-    assert {"limit", "numpy"} <= impls
+    assert {"limit", "reference", "numpy"} <= impls
     for backend, state in fastloss.backends().items():
         if state == "available" and backend != "cuda":
             assert backend in impls
     for r in results:
         assert r["seconds"] > 0 and r["gbps"] > 0 and r["runs"] >= 1
         assert not r["check"].startswith("WRONG"), r
-        if r["impl"] not in ("limit", "numpy"):
+        if r["impl"] not in ("limit", "reference"):
             assert r["check"] == "ok"
             assert r["ratio_limit"] > 0 and r["speedup_numpy"] > 0
     modes = {(r["loss"], r["mode"]) for r in results}
@@ -60,7 +60,33 @@ def test_bench_all_losses_and_options(tmp_path):
     results = json.loads(report.read_text())["results"]
     assert {r["loss"] for r in results} == set(LOSSES)
     assert {r["dtype"] for r in results} == {"float64"}
-    assert {r["impl"] for r in results} == {"limit", "numpy"}
+    assert {r["impl"] for r in results} == {"limit", "reference", "numpy"}
+
+
+def test_bench_selects_losses_and_compares_with_an_earlier_run(tmp_path):
+    old = tmp_path / "old.json"
+    args = ("bench", "--quick", "--loss", "kl_divergence,mse_loss", "--threads", "1",
+            "--no-peers")
+    run_cli(*args, "--json", str(old))
+    results = json.loads(old.read_text())["results"]
+    assert {r["loss"] for r in results} == {"kl_divergence", "mse_loss"}
+    out = run_cli(*args, "--compare", str(old))
+    lines = [line for line in out.splitlines() if line.startswith(("kl_divergence", "mse_loss"))
+             and " / " in line]
+    # every timed implementation of every workload, beside its old figures
+    assert len(lines) == len([r for r in results if r["impl"] != "limit"])
+
+
+def test_bench_unknown_loss_is_an_error():
+    proc = subprocess.run([sys.executable, "-m", "fastloss", "bench", "--loss", "focal"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown loss 'focal'" in proc.stderr
+
+
+def test_bench_linear_workload():
+    out = run_cli("bench", "--workload", "linear", "--shapes", "64x16x300", "--repeats", "1",
+                  "--threads", "1")
+    assert "fastloss" in out and "WRONG" not in out
 
 
 def test_demo_trains_and_writes_the_figure(tmp_path):
