@@ -129,7 +129,7 @@ def test_pxd_declares_exactly_the_header():
     assert pxd["structs"] == HEADER["structs"]
     assert pxd["constants"] == set(HEADER["constants"])
     # the parser sees what it should
-    assert len(HEADER["functions"]) == 26 and len(HEADER["structs"]) == 6
+    assert len(HEADER["functions"]) == 33 and len(HEADER["structs"]) == 7
     assert HEADER["functions"]["fastloss_cross_entropy_f32"] == (
         "int", ["int64_t", "int64_t", "const float*", "const int64_t*",
                 "const fastloss_cross_entropy_options*", "float*", "float*"])
@@ -139,7 +139,7 @@ def test_cython_backend_declares_exactly_the_private_header():
     rows = parse_header(os.path.join(EXT, "src", "rows.h"))["functions"]
     del rows["fl_parallel_rows"]  # threads.c's, not the backend's
     pyx = parse_cython_extern(os.path.join(EXT, "_cython.pyx"), "rows.h")["functions"]
-    assert pyx == rows and len(rows) == 16
+    assert pyx == rows and len(rows) == 20
 
 
 # ------------------------------------------------------------------ ctypes: the library
@@ -157,6 +157,7 @@ OPTIONS = {name: type(name, (ctypes.Structure,),
                       {"_fields_": [(member, _ctype(t)) for t, member in members]})
            for name, members in HEADER["structs"].items()}
 CE = OPTIONS["fastloss_cross_entropy_options"]
+GH = OPTIONS["fastloss_grad_hess_options"]
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,14 @@ def ptr(a):
 def ce_options(lib, **values):
     opts = CE()
     lib.fastloss_cross_entropy_options_init(ctypes.byref(opts))
+    for name, value in values.items():
+        setattr(opts, name, value)
+    return opts
+
+
+def gh_options(lib, **values):
+    opts = GH()
+    lib.fastloss_grad_hess_options_init(ctypes.byref(opts))
     for name, value in values.items():
         setattr(opts, name, value)
     return opts
@@ -207,7 +216,11 @@ def test_options_init_sets_size_and_defaults(lib):
     opts = ce_options(lib)
     assert opts.size == ctypes.sizeof(CE)
     assert (opts.n_threads, opts.weight, opts.ignore_index, opts.label_smoothing, opts.z_loss,
-            opts.softcap, opts.temperature) == (0, None, -100, 0.0, 0.0, 0.0, 1.0)
+            opts.softcap, opts.temperature, opts.grad_scale) == \
+        (0, None, -100, 0.0, 0.0, 0.0, 1.0, 1.0)
+    gh = gh_options(lib)
+    assert (gh.size, gh.n_threads, gh.sample_weight, gh.label_smoothing, gh.hessian_scale,
+            gh.min_hessian) == (ctypes.sizeof(GH), 0, None, 0.0, 1.0, 0.0)
     for name, struct in OPTIONS.items():
         o = struct()
         getattr(lib, name + "_init")(ctypes.byref(o))
@@ -248,6 +261,53 @@ def test_an_older_smaller_options_struct_gets_defaults_for_the_rest(lib, rng):
 
 @built
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("probs", [False, True])
+def test_grad_scale_multiplies_the_gradient_only(lib, dtype, probs, rng):
+    """grad_scale (e.g. 1/N for a mean, as the JAX handler uses it) scales the whole gradient,
+    z-loss term included, and leaves the per-row losses alone."""
+    n, c = 9, 13
+    x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    if probs:
+        target = rng.random((n, c)).astype(dtype)
+        target /= target.sum(1, keepdims=True)
+    else:
+        target = rng.integers(0, c, n)
+        target[4] = -100
+    options = {"z_loss": 1e-2, "softcap": 6.0, "temperature": 1.3, "label_smoothing": 0.1}
+    el, eg = reference.cross_entropy(x, target, None, -100, 0.1, softcap=6.0,
+                                     temperature=1.3, z_loss=1e-2)
+    for scale in (0.25, -3.0, 0.0):
+        status, loss, grad = call_ce(lib, x, target, ce_options(lib, grad_scale=scale,
+                                                                **options))
+        assert status == 0
+        assert_close(loss, el, dtype)
+        assert_close(grad, scale * eg, dtype)
+
+
+@built
+def test_an_options_struct_ending_before_grad_scale_gives_the_unscaled_gradient(lib, rng):
+    """A program built against the header before grad_scale was appended passes a struct
+    that ends at temperature: the library must not read grad_scale (1 is its default)."""
+    x = rng.standard_normal((6, 8))
+    y = np.array([0, 7, 2, -100, 1, 5])
+    opts = ce_options(lib, label_smoothing=0.2, temperature=0.8, grad_scale=0.125)
+    status, loss_new, grad_new = call_ce(lib, x, y, opts)
+    assert status == 0
+    opts.size = CE.grad_scale.offset  # == the old sizeof: temperature is the last member
+    assert opts.size == CE.temperature.offset + ctypes.sizeof(ctypes.c_double)
+    status, loss_old, grad_old = call_ce(lib, x, y, opts)
+    assert status == 0
+    el, eg = reference.cross_entropy(x, y, None, -100, 0.2, temperature=0.8)
+    assert_close(loss_old, el, np.float64)
+    assert_close(grad_old, eg, np.float64)
+    np.testing.assert_array_equal(loss_new, loss_old)
+    assert_close(grad_new, 0.125 * eg, np.float64)
+    opts.grad_scale = np.nan  # past the size: never read, so not an error either
+    assert call_ce(lib, x, y, opts)[0] == 0
+
+
+@built
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bad_options_are_error_codes_and_leave_outputs_untouched(lib, dtype, rng):
     x = rng.standard_normal((3, 4)).astype(dtype)
     y = np.array([0, 1, 2])
@@ -265,6 +325,8 @@ def test_bad_options_are_error_codes_and_leave_outputs_untouched(lib, dtype, rng
         ({"temperature": np.nan}, "FASTLOSS_E_TEMPERATURE"),
         ({"temperature": np.inf}, "FASTLOSS_E_TEMPERATURE"),
         ({"n_threads": -1}, "FASTLOSS_E_THREADS"),
+        ({"grad_scale": np.nan}, "FASTLOSS_E_GRAD_SCALE"),
+        ({"grad_scale": -np.inf}, "FASTLOSS_E_GRAD_SCALE"),
     ]
     for values, code in cases:
         for probs in (False, True):
@@ -405,6 +467,167 @@ def test_every_loss_through_the_c_api(lib, dtype, rng):
     x64, bad = x.astype(np.float64), y + c
     assert lib.fastloss_softmax_mse_f64(n, c, ptr(x64), ptr(bad), None, None,
                                         None) == HEADER["constants"]["FASTLOSS_E_TARGET"]
+
+
+# ------------------------------------------------------------------ gradient boosting
+
+def call_grad_hess(lib, x, target, opts):
+    """fastloss_{,binary_}cross_entropy_grad_hess{,_probs}_{f32,f64}: (status, grad, hess)."""
+    suffix = "f32" if x.dtype == np.float32 else "f64"
+    ref = None if opts is None else ctypes.byref(opts)
+    grad, hess = np.full(x.shape, 7, x.dtype), np.full(x.shape, 7, x.dtype)
+    if x.ndim == 1:
+        status = getattr(lib, f"fastloss_binary_cross_entropy_grad_hess_{suffix}")(
+            x.shape[0], ptr(x), ptr(target), ref, ptr(grad), ptr(hess))
+    else:
+        name = "_probs" if target.ndim == 2 else ""
+        status = getattr(lib, f"fastloss_cross_entropy_grad_hess{name}_{suffix}")(
+            x.shape[0], x.shape[1], ptr(x), ptr(target), ref, ptr(grad), ptr(hess))
+    return status, grad, hess
+
+
+@built
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["index", "probs", "unnormalised"])
+@pytest.mark.parametrize("options", [
+    {},
+    {"label_smoothing": 0.15},
+    {"weighted": True, "hessian_scale": 2.0, "min_hessian": 1e-3},
+    {"weighted": True, "label_smoothing": 0.3, "hessian_scale": 10 / 9, "n_threads": 2},
+])
+@pytest.mark.parametrize("k", [7, 1500])  # 1500: two blocks of the online softmax
+def test_cross_entropy_grad_hess_matches_the_reference(lib, dtype, kind, options, k, rng):
+    options = dict(options)
+    n = 40
+    x = (rng.standard_normal((n, k)) * 4).astype(dtype)
+    x[0, 3] = -np.inf  # an impossible class
+    x[1, :1024 if k > 1024 else 2] = -np.inf  # a block of -inf
+    if kind == "index":
+        target = rng.integers(0, k, n)
+    else:
+        target = rng.random((n, k))
+        target = (target / target.sum(1, keepdims=True) * (0.6 if kind == "unnormalised"
+                                                            else 1.0)).astype(dtype)
+    weight = rng.uniform(0.1, 2.0, n) if options.pop("weighted", False) else None
+    opts = gh_options(lib, **options, **({} if weight is None
+                                          else {"sample_weight": weight.ctypes.data}))
+    status, grad, hess = call_grad_hess(lib, x, target, opts)
+    assert status == 0
+    eg, eh = reference.cross_entropy_grad_hess(
+        x, target, weight, options.get("label_smoothing", 0.0),
+        options.get("hessian_scale", 1.0), options.get("min_hessian", 0.0))
+    assert_close(grad, eg, dtype)
+    assert_close(hess, eh, dtype)
+
+
+@built
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grad_hess_special_values_through_the_c_api(lib, dtype):
+    inf, nan = np.inf, np.nan
+    x = np.array([[0.0, nan, 1.0], [0.0, inf, 1.0], [0.0, -inf, 0.0], [-inf, -inf, -inf],
+                  [1e30, 1e30, -1e30]], dtype=dtype)
+    y = np.array([0, 0, 1, 0, 2])
+    w = np.array([1.0, 1.0, 2.0, 1.0, 1.0])
+    status, grad, hess = call_grad_hess(
+        lib, x, y, gh_options(lib, sample_weight=w.ctypes.data, min_hessian=1e-3))
+    assert status == 0
+    assert np.isnan(grad[[0, 1, 3]]).all() and np.isnan(hess[[0, 1, 3]]).all()
+    assert_close(grad[[2, 4]], [[1.0, -2.0, 1.0], [0.5, 0.5, -1.0]], dtype)
+    assert_close(hess[[2, 4]], [[0.5, 1e-3, 0.5], [0.25, 0.25, 1e-3]], dtype)
+
+    xb = np.array([inf, -inf, nan, 0.0, 800.0, -800.0], dtype=dtype)
+    tb = np.array([0.25, 0.25, 1.0, 0.0, 1.0, 0.0], dtype=dtype)
+    status, grad, hess = call_grad_hess(lib, xb, tb, gh_options(lib, min_hessian=1e-3))
+    assert status == 0
+    np.testing.assert_array_equal(grad[[0, 1, 3, 4, 5]], [0.75, -0.25, 0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(hess[[0, 1, 3, 4, 5]], np.array([1e-3, 1e-3, 0.25, 1e-3,
+                                                                    1e-3], dtype))
+    assert np.isnan(grad[2]) and np.isnan(hess[2])
+
+
+@built
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [5, 4096, 4096 * 3 + 17])  # rows of 4096 and a shorter one
+def test_binary_grad_hess_matches_the_reference(lib, dtype, n, rng):
+    x = (rng.standard_normal(n) * 6).astype(dtype)
+    t = rng.uniform(0, 1, n).astype(dtype)
+    w = rng.uniform(0.1, 2.0, n)
+    for opts, args in [(None, (None, 1.0, 0.0)),
+                       (gh_options(lib, sample_weight=w.ctypes.data, hessian_scale=1.5,
+                                   min_hessian=1e-4, n_threads=3), (w, 1.5, 1e-4))]:
+        status, grad, hess = call_grad_hess(lib, x, t, opts)
+        assert status == 0
+        eg, eh = reference.binary_cross_entropy_grad_hess(x, t, *args)
+        assert_close(grad, eg, dtype)
+        assert_close(hess, eh, dtype)
+
+
+@built
+def test_grad_hess_results_do_not_depend_on_the_thread_count(lib, rng):
+    x = rng.standard_normal((3000, 40)).astype(np.float32)  # above the one-thread size
+    y = rng.integers(0, 40, 3000)
+    flat = x.reshape(-1)
+    for inputs in [(x, y), (flat, (flat > 0).astype(np.float32))]:
+        w = rng.uniform(0.5, 2.0, len(inputs[0]))
+        runs = [call_grad_hess(lib, *inputs, gh_options(lib, n_threads=t, label_smoothing=0.1,
+                                                        sample_weight=w.ctypes.data))
+                for t in (1, 2, 3, 0)]
+        for status, grad, hess in runs:
+            assert status == 0
+            assert np.array_equal(grad, runs[0][1]) and np.array_equal(hess, runs[0][2])
+
+
+@built
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grad_hess_errors_leave_outputs_untouched(lib, dtype, rng):
+    x = rng.standard_normal((3, 4)).astype(dtype)
+    y = np.array([0, 1, 2])
+    probs = np.full((3, 4), 0.25, dtype)
+    xb, tb = x[:, 0].copy(), np.ones(3, dtype)
+    code = HEADER["constants"]
+    cases = [
+        ({"size": 0}, "FASTLOSS_E_OPTIONS"),
+        ({"size": ctypes.sizeof(GH) + 8}, "FASTLOSS_E_OPTIONS"),
+        ({"label_smoothing": -0.1}, "FASTLOSS_E_SMOOTHING"),
+        ({"hessian_scale": 0.0}, "FASTLOSS_E_HESSIAN_SCALE"),
+        ({"hessian_scale": np.inf}, "FASTLOSS_E_HESSIAN_SCALE"),
+        ({"hessian_scale": np.nan}, "FASTLOSS_E_HESSIAN_SCALE"),
+        ({"min_hessian": -1e-9}, "FASTLOSS_E_MIN_HESSIAN"),
+        ({"min_hessian": np.nan}, "FASTLOSS_E_MIN_HESSIAN"),
+        ({"n_threads": -2}, "FASTLOSS_E_THREADS"),
+    ]
+    for values, name in cases:
+        for inputs in [(x, y), (x, probs), (xb, tb)]:
+            status, grad, hess = call_grad_hess(lib, *inputs, gh_options(lib, **values))
+            assert status == code[name], (values, inputs[1].shape)
+            assert np.all(grad == 7) and np.all(hess == 7)
+    status, grad, hess = call_grad_hess(lib, x, np.array([0, 4, 1]), None)
+    assert status == code["FASTLOSS_E_TARGET"]
+    assert np.all(grad == 7) and np.all(hess == 7)
+    status, grad, hess = call_grad_hess(lib, x, np.array([0, -100, 1]), None)  # no ignore
+    assert status == code["FASTLOSS_E_TARGET"]
+    s = "f32" if dtype == np.float32 else "f64"
+    fn = getattr(lib, f"fastloss_cross_entropy_grad_hess_{s}")
+    out = np.empty((3, 4), dtype)
+    assert fn(3, 4, ptr(x), ptr(y), None, ptr(out), None) == code["FASTLOSS_E_NULL"]
+    assert fn(3, 0, ptr(x), ptr(y), None, ptr(out), ptr(out)) == code["FASTLOSS_E_SHAPE"]
+    assert fn(0, 4, None, None, None, None, None) == 0
+    binary = getattr(lib, f"fastloss_binary_cross_entropy_grad_hess_{s}")
+    assert binary(-1, None, None, None, None, None) == code["FASTLOSS_E_SHAPE"]
+    assert binary(3, ptr(xb), None, None, ptr(out), ptr(out)) == code["FASTLOSS_E_NULL"]
+
+
+@built
+def test_an_older_smaller_grad_hess_struct_gets_defaults_for_the_rest(lib, rng):
+    x = rng.standard_normal((5, 6))
+    y = rng.integers(0, 6, 5)
+    opts = gh_options(lib, label_smoothing=0.2, hessian_scale=2.0, min_hessian=-1.0)
+    opts.size = GH.min_hessian.offset  # min_hessian (garbage here) is not read
+    status, grad, hess = call_grad_hess(lib, x, y, opts)
+    assert status == 0
+    eg, eh = reference.cross_entropy_grad_hess(x, y, None, 0.2, 2.0, 0.0)
+    assert_close(grad, eg, np.float64)
+    assert_close(hess, eh, np.float64)
 
 
 # ------------------------------------------------------------------ a C program, a Cython one

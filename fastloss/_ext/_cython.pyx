@@ -36,6 +36,22 @@ cdef extern from "rows.h" nogil:
                                   double inv_temperature, double z_grad,
                                   const double *row_scale, double *loss, double *lse,
                                   double *grad, int n_threads)
+    int fl_cross_entropy_grad_hess_rows_f32(int64_t n, int64_t c, const float *x,
+                                            const int64_t *target_index,
+                                            const float *target_prob,
+                                            const double *sample_weight,
+                                            double label_smoothing, double hessian_scale,
+                                            double min_hessian, float *grad, int64_t grad_rs,
+                                            int64_t grad_cs, float *hess, int64_t hess_rs,
+                                            int64_t hess_cs, int n_threads)
+    int fl_cross_entropy_grad_hess_rows_f64(int64_t n, int64_t c, const double *x,
+                                            const int64_t *target_index,
+                                            const double *target_prob,
+                                            const double *sample_weight,
+                                            double label_smoothing, double hessian_scale,
+                                            double min_hessian, double *grad, int64_t grad_rs,
+                                            int64_t grad_cs, double *hess, int64_t hess_rs,
+                                            int64_t hess_cs, int n_threads)
     int fl_kl_divergence_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
                                   int log_target, const double *row_scale, double *loss,
                                   float *grad, int n_threads)
@@ -64,6 +80,13 @@ cdef extern from "rows.h" nogil:
                         const double *pos_weight, const double *scale, int64_t scale_rs,
                         int64_t scale_cs, double *loss, int row_sums, double *grad,
                         int n_threads)
+    int fl_bce_grad_hess_rows_f32(int64_t n, const float *x, const float *target,
+                                  const double *sample_weight, double hessian_scale,
+                                  double min_hessian, float *grad, float *hess, int n_threads)
+    int fl_bce_grad_hess_rows_f64(int64_t n, const double *x, const double *target,
+                                  const double *sample_weight, double hessian_scale,
+                                  double min_hessian, double *grad, double *hess,
+                                  int n_threads)
     int fl_mse_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
                         const double *scale, int64_t scale_rs, int64_t scale_cs,
                         double *loss, int row_sums, float *grad, int n_threads)
@@ -219,6 +242,91 @@ def binary_cross_entropy(x, target, weight, pos_weight, scale, loss, grad, n_thr
     else:
         _binary_cross_entropy[double](x, target, weight, pos_weight, scale, flat, row_sums,
                                       grad, n_threads)
+
+
+# ------------------------------------------------------------------ gradient boosting
+
+cdef int _cross_entropy_grad_hess(const real[:, ::1] x, target,
+                                  const double[::1] sample_weight, double label_smoothing,
+                                  double hessian_scale, double min_hessian, real[:, :] grad,
+                                  real[:, :] hess, int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef const int64_t[::1] index
+    cdef const real[:, ::1] probs
+    cdef const int64_t *ip = NULL
+    cdef const real *pp = NULL
+    cdef const double *w = _opt(sample_weight)
+    # strides in elements: C order, Fortran order or any other
+    cdef int64_t g_rs = grad.strides[0] // <int64_t>sizeof(real)
+    cdef int64_t g_cs = grad.strides[1] // <int64_t>sizeof(real)
+    cdef int64_t h_rs = hess.strides[0] // <int64_t>sizeof(real)
+    cdef int64_t h_cs = hess.strides[1] // <int64_t>sizeof(real)
+    cdef int status
+    if n == 0:
+        return 0
+    if target.ndim == 1:
+        index = target
+        ip = &index[0]
+    else:
+        probs = target
+        pp = &probs[0, 0]
+    with nogil:
+        if real is float:
+            status = fl_cross_entropy_grad_hess_rows_f32(
+                n, c, &x[0, 0], ip, pp, w, label_smoothing, hessian_scale, min_hessian,
+                &grad[0, 0], g_rs, g_cs, &hess[0, 0], h_rs, h_cs, n_threads)
+        else:
+            status = fl_cross_entropy_grad_hess_rows_f64(
+                n, c, &x[0, 0], ip, pp, w, label_smoothing, hessian_scale, min_hessian,
+                &grad[0, 0], g_rs, g_cs, &hess[0, 0], h_rs, h_cs, n_threads)
+    return _check(status)
+
+
+def cross_entropy_grad_hess(x, target, sample_weight, label_smoothing, hessian_scale,
+                            min_hessian, grad, hess, n_threads):
+    """Gradient and diagonal Hessian of the cross-entropy of each row for gradient boosting
+    (see :func:`fastloss.reference.cross_entropy_grad_hess`): ``target`` (N,) int64 or
+    (N, K) of x's dtype, ``sample_weight`` (N,) float64 or None; ``grad`` and ``hess`` (N, K)
+    of x's dtype in any strides (C or Fortran order: the kernel writes through them)."""
+    if x.dtype == np.float32:
+        _cross_entropy_grad_hess[float](x, target, sample_weight, label_smoothing,
+                                        hessian_scale, min_hessian, grad, hess, n_threads)
+    else:
+        _cross_entropy_grad_hess[double](x, target, sample_weight, label_smoothing,
+                                         hessian_scale, min_hessian, grad, hess, n_threads)
+
+
+cdef int _binary_cross_entropy_grad_hess(const real[::1] x, const real[::1] target,
+                                         const double[::1] sample_weight,
+                                         double hessian_scale, double min_hessian,
+                                         real[::1] grad, real[::1] hess,
+                                         int n_threads) except -1:
+    cdef int64_t n = x.shape[0]
+    cdef const double *w = _opt(sample_weight)
+    cdef int status
+    if n == 0:
+        return 0
+    with nogil:
+        if real is float:
+            status = fl_bce_grad_hess_rows_f32(n, &x[0], &target[0], w, hessian_scale,
+                                               min_hessian, &grad[0], &hess[0], n_threads)
+        else:
+            status = fl_bce_grad_hess_rows_f64(n, &x[0], &target[0], w, hessian_scale,
+                                               min_hessian, &grad[0], &hess[0], n_threads)
+    return _check(status)
+
+
+def binary_cross_entropy_grad_hess(x, target, sample_weight, hessian_scale, min_hessian,
+                                   grad, hess, n_threads):
+    """Gradient and Hessian of the sigmoid BCE of each score (see
+    :func:`fastloss.reference.binary_cross_entropy_grad_hess`); every array (N,),
+    contiguous."""
+    if x.dtype == np.float32:
+        _binary_cross_entropy_grad_hess[float](x, target, sample_weight, hessian_scale,
+                                               min_hessian, grad, hess, n_threads)
+    else:
+        _binary_cross_entropy_grad_hess[double](x, target, sample_weight, hessian_scale,
+                                                min_hessian, grad, hess, n_threads)
 
 
 # ------------------------------------------------------------------ softmax MSE

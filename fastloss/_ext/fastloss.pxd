@@ -24,6 +24,9 @@ cdef extern from "fastloss.h" nogil:
         FASTLOSS_E_SOFTCAP
         FASTLOSS_E_TEMPERATURE
         FASTLOSS_E_THREADS
+        FASTLOSS_E_HESSIAN_SCALE
+        FASTLOSS_E_MIN_HESSIAN
+        FASTLOSS_E_GRAD_SCALE
 
     const char *FASTLOSS_VERSION
 
@@ -41,6 +44,7 @@ cdef extern from "fastloss.h" nogil:
         double z_loss
         double softcap
         double temperature
+        double grad_scale
 
     void fastloss_cross_entropy_options_init(fastloss_cross_entropy_options *opts)
     int fastloss_cross_entropy_f32(int64_t n, int64_t c, const float *logits,
@@ -73,6 +77,40 @@ cdef extern from "fastloss.h" nogil:
     int fastloss_binary_cross_entropy_with_logits_f64(
         int64_t n, int64_t c, const double *logits, const double *target,
         const fastloss_binary_cross_entropy_options *opts, double *loss_out, double *grad_out)
+
+    ctypedef struct fastloss_grad_hess_options:
+        size_t size
+        int n_threads
+        const double *sample_weight
+        double label_smoothing
+        double hessian_scale
+        double min_hessian
+
+    void fastloss_grad_hess_options_init(fastloss_grad_hess_options *opts)
+    int fastloss_cross_entropy_grad_hess_f32(int64_t n, int64_t k, const float *raw,
+                                             const int64_t *target,
+                                             const fastloss_grad_hess_options *opts,
+                                             float *grad_out, float *hess_out)
+    int fastloss_cross_entropy_grad_hess_f64(int64_t n, int64_t k, const double *raw,
+                                             const int64_t *target,
+                                             const fastloss_grad_hess_options *opts,
+                                             double *grad_out, double *hess_out)
+    int fastloss_cross_entropy_grad_hess_probs_f32(int64_t n, int64_t k, const float *raw,
+                                                   const float *target,
+                                                   const fastloss_grad_hess_options *opts,
+                                                   float *grad_out, float *hess_out)
+    int fastloss_cross_entropy_grad_hess_probs_f64(int64_t n, int64_t k, const double *raw,
+                                                   const double *target,
+                                                   const fastloss_grad_hess_options *opts,
+                                                   double *grad_out, double *hess_out)
+    int fastloss_binary_cross_entropy_grad_hess_f32(int64_t n, const float *raw,
+                                                    const float *target,
+                                                    const fastloss_grad_hess_options *opts,
+                                                    float *grad_out, float *hess_out)
+    int fastloss_binary_cross_entropy_grad_hess_f64(int64_t n, const double *raw,
+                                                    const double *target,
+                                                    const fastloss_grad_hess_options *opts,
+                                                    double *grad_out, double *hess_out)
 
     ctypedef struct fastloss_softmax_mse_options:
         size_t size

@@ -64,6 +64,9 @@ extern "C" {
 #define FASTLOSS_E_SOFTCAP (-8)     /* softcap negative or not finite */
 #define FASTLOSS_E_TEMPERATURE (-9) /* temperature not positive or not finite */
 #define FASTLOSS_E_THREADS (-10)    /* n_threads negative */
+#define FASTLOSS_E_HESSIAN_SCALE (-11) /* hessian_scale not positive or not finite */
+#define FASTLOSS_E_MIN_HESSIAN (-12)   /* min_hessian negative or not finite */
+#define FASTLOSS_E_GRAD_SCALE (-13)    /* grad_scale not finite */
 
 /* A static string describing an error code. */
 const char *fastloss_strerror(int code);
@@ -90,6 +93,8 @@ typedef struct fastloss_cross_entropy_options {
     double z_loss;          /* >= 0: adds z_loss * lse_i^2 to every counted row (default 0) */
     double softcap;         /* >= 0: logits become softcap * tanh(x / softcap); 0: none */
     double temperature;     /* > 0: logits (after the softcap) are divided by it (default 1) */
+    double grad_scale;      /* finite: multiplies grad_out, e.g. 1 / (counted rows) for a
+                               mean; loss_out is not scaled (default 1) */
 } fastloss_cross_entropy_options;
 
 void fastloss_cross_entropy_options_init(fastloss_cross_entropy_options *opts);
@@ -132,6 +137,66 @@ int fastloss_binary_cross_entropy_with_logits_f32(
 int fastloss_binary_cross_entropy_with_logits_f64(
     int64_t n, int64_t c, const double *logits, const double *target,
     const fastloss_binary_cross_entropy_options *opts, double *loss_out, double *grad_out);
+
+/* ------------------------------------------------------------------ gradient boosting */
+
+/* Options of the *_grad_hess functions (members are only ever appended). */
+typedef struct fastloss_grad_hess_options {
+    size_t size;                 /* set by _init */
+    int n_threads;               /* 0: every online CPU (default) */
+    const double *sample_weight; /* n weights (multiply grad and hess), or NULL: ones */
+    double label_smoothing;      /* in [0, 1] (default 0); not used by the binary function */
+    double hessian_scale;        /* finite, > 0: multiplies the Hessian (default 1; XGBoost's
+                                    multi:softprob uses 2, LightGBM's multiclass k / (k - 1)) */
+    double min_hessian;          /* finite, >= 0: the Hessian's floor (default 0); NaN stays
+                                    NaN */
+} fastloss_grad_hess_options;
+
+void fastloss_grad_hess_options_init(fastloss_grad_hess_options *opts);
+
+/* The gradient and diagonal Hessian of the softmax cross-entropy with respect to the raw
+   scores (n rows of k classes), the custom objective of multiclass gradient boosting: with
+   p = softmax(raw_i), q_c = (1 - eps) [c = target_i] + eps / k, A = sum_c q_c, w the sample
+   weight,
+       grad_out[i*k + c] = (A p_c - q_c) w,
+       hess_out[i*k + c] = max(hessian_scale A p_c (1 - p_c) w, min_hessian).
+   A row holding NaN or +inf, or only -inf, gives NaN for its whole gradient and Hessian; a
+   -inf score is an impossible class (grad -q_c w, hess min_hessian).  target: n class
+   indices in [0, k) (no ignore_index).  grad_out and hess_out (n*k, row-major) are
+   required and must not overlap each other or the inputs. */
+int fastloss_cross_entropy_grad_hess_f32(int64_t n, int64_t k, const float *raw,
+                                         const int64_t *target,
+                                         const fastloss_grad_hess_options *opts,
+                                         float *grad_out, float *hess_out);
+int fastloss_cross_entropy_grad_hess_f64(int64_t n, int64_t k, const double *raw,
+                                         const int64_t *target,
+                                         const fastloss_grad_hess_options *opts,
+                                         double *grad_out, double *hess_out);
+
+/* The same against probabilities target (n*k): q_c = (1 - eps) target_ic + eps / k (rows
+   that do not sum to 1 give the exact derivatives of -sum_c q_c log p_c). */
+int fastloss_cross_entropy_grad_hess_probs_f32(int64_t n, int64_t k, const float *raw,
+                                               const float *target,
+                                               const fastloss_grad_hess_options *opts,
+                                               float *grad_out, float *hess_out);
+int fastloss_cross_entropy_grad_hess_probs_f64(int64_t n, int64_t k, const double *raw,
+                                               const double *target,
+                                               const fastloss_grad_hess_options *opts,
+                                               double *grad_out, double *hess_out);
+
+/* The gradient and Hessian of the sigmoid binary cross-entropy of n raw scores against
+   targets in [0, 1] (soft targets allowed): with s+ = sigmoid(raw_i), s- = sigmoid(-raw_i),
+       grad_out[i] = ((1 - t_i) s+ - t_i s-) w_i,
+       hess_out[i] = max(hessian_scale s+ s- w_i, min_hessian);
+   +-inf gives grad (1 - t) w or -t w and hess min_hessian; NaN gives NaN. */
+int fastloss_binary_cross_entropy_grad_hess_f32(int64_t n, const float *raw,
+                                                const float *target,
+                                                const fastloss_grad_hess_options *opts,
+                                                float *grad_out, float *hess_out);
+int fastloss_binary_cross_entropy_grad_hess_f64(int64_t n, const double *raw,
+                                                const double *target,
+                                                const fastloss_grad_hess_options *opts,
+                                                double *grad_out, double *hess_out);
 
 /* ------------------------------------------------------------------ softmax MSE */
 

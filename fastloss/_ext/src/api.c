@@ -25,6 +25,9 @@ const char *fastloss_strerror(int code) {
         case FASTLOSS_E_SOFTCAP: return "softcap must be finite and >= 0 (0: no softcap)";
         case FASTLOSS_E_TEMPERATURE: return "temperature must be finite and > 0";
         case FASTLOSS_E_THREADS: return "n_threads must be >= 0 (0: every online CPU)";
+        case FASTLOSS_E_HESSIAN_SCALE: return "hessian_scale must be finite and > 0";
+        case FASTLOSS_E_MIN_HESSIAN: return "min_hessian must be finite and >= 0";
+        case FASTLOSS_E_GRAD_SCALE: return "grad_scale must be finite";
         default: return "unknown fastloss error code";
     }
 }
@@ -66,6 +69,7 @@ void fastloss_cross_entropy_options_init(fastloss_cross_entropy_options *opts) {
     opts->z_loss = 0.0;
     opts->softcap = 0.0;
     opts->temperature = 1.0;
+    opts->grad_scale = 1.0;
 }
 
 static int ce_options(const fastloss_cross_entropy_options *in,
@@ -74,7 +78,7 @@ static int ce_options(const fastloss_cross_entropy_options *in,
     static const size_t ends[] = {FL_END(S, n_threads),       FL_END(S, weight),
                                   FL_END(S, ignore_index),    FL_END(S, label_smoothing),
                                   FL_END(S, z_loss),          FL_END(S, softcap),
-                                  FL_END(S, temperature)};
+                                  FL_END(S, temperature),     FL_END(S, grad_scale)};
     fastloss_cross_entropy_options_init(o);
     if (in) {
         const int status = read_options(o, sizeof *o, in, ends, sizeof ends / sizeof *ends);
@@ -85,6 +89,7 @@ static int ce_options(const fastloss_cross_entropy_options *in,
     if (!(o->z_loss >= 0.0 && o->z_loss < INFINITY)) return FASTLOSS_E_Z_LOSS;
     if (!(o->softcap >= 0.0 && o->softcap < INFINITY)) return FASTLOSS_E_SOFTCAP;
     if (!(o->temperature > 0.0 && o->temperature < INFINITY)) return FASTLOSS_E_TEMPERATURE;
+    if (!(fabs(o->grad_scale) < INFINITY)) return FASTLOSS_E_GRAD_SCALE;
     return FASTLOSS_OK;
 }
 
@@ -175,6 +180,35 @@ static int mse_options(const fastloss_mse_loss_options *in, fastloss_mse_loss_op
         if (status) return status;
     }
     return check_threads(o->n_threads);
+}
+
+void fastloss_grad_hess_options_init(fastloss_grad_hess_options *opts) {
+    memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
+    opts->n_threads = 0;
+    opts->sample_weight = NULL;
+    opts->label_smoothing = 0.0;
+    opts->hessian_scale = 1.0;
+    opts->min_hessian = 0.0;
+}
+
+static int grad_hess_options(const fastloss_grad_hess_options *in,
+                             fastloss_grad_hess_options *o) {
+    typedef fastloss_grad_hess_options S;
+    static const size_t ends[] = {FL_END(S, n_threads),       FL_END(S, sample_weight),
+                                  FL_END(S, label_smoothing), FL_END(S, hessian_scale),
+                                  FL_END(S, min_hessian)};
+    fastloss_grad_hess_options_init(o);
+    if (in) {
+        const int status = read_options(o, sizeof *o, in, ends, sizeof ends / sizeof *ends);
+        if (status) return status;
+    }
+    if (check_threads(o->n_threads)) return FASTLOSS_E_THREADS;
+    if (!(o->label_smoothing >= 0.0 && o->label_smoothing <= 1.0)) return FASTLOSS_E_SMOOTHING;
+    if (!(o->hessian_scale > 0.0 && o->hessian_scale < INFINITY))
+        return FASTLOSS_E_HESSIAN_SCALE;
+    if (!(o->min_hessian >= 0.0 && o->min_hessian < INFINITY)) return FASTLOSS_E_MIN_HESSIAN;
+    return FASTLOSS_OK;
 }
 
 /* ------------------------------------------------------------------ argument checks */

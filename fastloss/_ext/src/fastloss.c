@@ -148,7 +148,11 @@ FL_INLINE double fl_tanh(double u) {
    always inlined into one chunk function per loss, where the switch on `kind` folds away. */
 enum fl_linear_kind { FL_CE_INDEX, FL_CE_PROBS, FL_KL };                 /* linear in log p */
 enum fl_fop_kind { FL_SOFTMAX_MSE_INDEX, FL_SOFTMAX_MSE_PROBS, FL_ENTROPY }; /* f(p) */
-enum fl_elementwise_kind { FL_BCE, FL_MSE };                              /* elementwise */
+enum fl_elementwise_kind { FL_BCE, FL_MSE, FL_BCE_GRAD_HESS };            /* elementwise */
+
+/* The binary gradient and Hessian of n scores run as rows of this many (the elementwise
+   skeleton's rows, so that they vectorise and split over threads), plus one shorter row. */
+#define FL_FLAT_ROW 4096
 
 /* The per-call constants of the linear-in-log-p losses. */
 typedef struct {

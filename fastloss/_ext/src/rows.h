@@ -50,6 +50,22 @@ FL_PRIVATE int fl_cross_entropy_rows_f64(int64_t n, int64_t c, const double *x,
                                          const double *row_scale, double *loss, double *lse,
                                          double *grad, int n_threads);
 
+/* Gradient boosting: the gradient and diagonal Hessian of the cross-entropy of each row
+   against class indices (target_index) or probabilities (target_prob), label smoothing,
+   sample_weight (n, NULL: ones) multiplying both, hess = max(hessian_scale * (...),
+   min_hessian) keeping NaN.  grad / hess element (i, k) at grad[i*grad_rs + k*grad_cs]
+   (any strides: C or Fortran order); they must not overlap each other or the inputs. */
+FL_PRIVATE int fl_cross_entropy_grad_hess_rows_f32(
+    int64_t n, int64_t c, const float *x, const int64_t *target_index, const float *target_prob,
+    const double *sample_weight, double label_smoothing, double hessian_scale,
+    double min_hessian, float *grad, int64_t grad_rs, int64_t grad_cs, float *hess,
+    int64_t hess_rs, int64_t hess_cs, int n_threads);
+FL_PRIVATE int fl_cross_entropy_grad_hess_rows_f64(
+    int64_t n, int64_t c, const double *x, const int64_t *target_index,
+    const double *target_prob, const double *sample_weight, double label_smoothing,
+    double hessian_scale, double min_hessian, double *grad, int64_t grad_rs, int64_t grad_cs,
+    double *hess, int64_t hess_rs, int64_t hess_cs, int n_threads);
+
 FL_PRIVATE int fl_kl_divergence_rows_f32(int64_t n, int64_t c, const float *x,
                                          const float *target, int log_target,
                                          const double *row_scale, double *loss, float *grad,
@@ -87,6 +103,17 @@ FL_PRIVATE int fl_bce_rows_f64(int64_t n, int64_t c, const double *x, const doub
                                const double *pos_weight, const double *scale, int64_t scale_rs,
                                int64_t scale_cs, double *loss, int row_sums, double *grad,
                                int n_threads);
+
+/* Gradient boosting: the gradient and Hessian of the sigmoid BCE of n scores (contiguous x,
+   target, sample_weight (NULL: ones), grad, hess). */
+FL_PRIVATE int fl_bce_grad_hess_rows_f32(int64_t n, const float *x, const float *target,
+                                         const double *sample_weight, double hessian_scale,
+                                         double min_hessian, float *grad, float *hess,
+                                         int n_threads);
+FL_PRIVATE int fl_bce_grad_hess_rows_f64(int64_t n, const double *x, const double *target,
+                                         const double *sample_weight, double hessian_scale,
+                                         double min_hessian, double *grad, double *hess,
+                                         int n_threads);
 
 FL_PRIVATE int fl_mse_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
                                const double *scale, int64_t scale_rs, int64_t scale_cs,
