@@ -1,0 +1,142 @@
+"""Timings of the PyTorch and JAX adapters at one shape (cross-entropy, class indices).
+
+``python -m fastloss._bench_adapters 2048 32768 [n_threads]`` or ``run((2048, 32768), 2)``.
+Every figure is the best of 5 interleaved repetitions after a warm-up, in ms; the
+per-call overheads (64 x 10) in microseconds.  torch runs on ``n_threads``
+(``torch.set_num_threads``); XLA uses its own thread pool (every core).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+
+def _best(fns: dict, repeat: int, number: int = 1) -> dict:
+    """Best time of one call of each function, in seconds: one warm-up call each, then
+    ``repeat`` rounds that time every function in turn (interleaved, so that a busy machine
+    slows them alike)."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / number)
+    return best
+
+
+def run(shape=(2048, 32768), n_threads: int | None = None, repeat: int = 5) -> dict:
+    """Time, at ``shape`` (float32 logits, int64 targets, reduction "mean"):
+
+    * ``torch_adapter``: ``fastloss.torch.cross_entropy`` forward + backward
+    * ``torch_native``: ``F.cross_entropy`` forward + backward
+    * ``numpy_fused``: ``fastloss.cross_entropy_with_grad`` (the NumPy-level fused call)
+    * ``jax_fastloss`` / ``jax_fastloss_reduced`` / ``jax_fastloss_callback`` /
+      ``jax_optax``: ``jax.jit(jax.value_and_grad(mean loss))`` with fastloss.jax
+      (per-example losses then ``.mean()``; ``reduction="mean"``, whose gradient is scaled
+      in the fused pass; pure_callback instead of the FFI handler) and with optax
+    * ``overhead_torch_adapter_us`` / ``overhead_torch_native_us``: forward + backward at
+      64 x 10 (the per-call overhead)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    import fastloss
+    import fastloss.torch as ft
+
+    n, c = shape
+    threads = n_threads or torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    results: dict[str, float] = {}
+    try:
+        rng = np.random.default_rng(0)
+        x_np = rng.standard_normal((n, c), dtype=np.float32)
+        t_np = rng.integers(0, c, n)
+        x = torch.from_numpy(x_np).requires_grad_()
+        t = torch.from_numpy(t_np)
+
+        def torch_step(loss_fn):
+            def step():
+                x.grad = None
+                loss_fn(x, t).backward()
+            return step
+
+        adapter = torch_step(lambda x, t: ft.cross_entropy(x, t, n_threads=threads))
+        native = torch_step(F.cross_entropy)
+        times = _best({
+            "torch_adapter_ms": adapter,
+            "torch_native_ms": native,
+            "numpy_fused_ms": lambda: fastloss.cross_entropy_with_grad(x_np, t_np,
+                                                                      n_threads=threads),
+        }, repeat)
+        results.update({k: v * 1e3 for k, v in times.items()})
+        x.grad = None
+
+        xs = torch.randn(64, 10, requires_grad=True)
+        ts = torch.randint(0, 10, (64,))
+
+        def small(loss_fn):
+            def step():
+                xs.grad = None
+                loss_fn(xs, ts).backward()
+            return step
+
+        times = _best({
+            "overhead_torch_adapter_us": small(
+                lambda x, t: ft.cross_entropy(x, t, n_threads=threads)),
+            "overhead_torch_native_us": small(F.cross_entropy),
+        }, repeat, 300)
+        results.update({k: v * 1e6 for k, v in times.items()})
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import fastloss.jax as fj
+
+    xj = jnp.asarray(x_np)
+    tj = jnp.asarray(t_np.astype(np.int32))
+    variants = {
+        "jax_fastloss_ms": lambda x: fj.softmax_cross_entropy_with_integer_labels(
+            x, tj, n_threads=threads).mean(),
+        "jax_fastloss_reduced_ms": lambda x: fj.softmax_cross_entropy_with_integer_labels(
+            x, tj, n_threads=threads, reduction="mean"),
+        "jax_fastloss_callback_ms": lambda x: fj.softmax_cross_entropy_with_integer_labels(
+            x, tj, n_threads=threads, implementation="callback").mean(),
+        "jax_optax_ms": lambda x: optax.softmax_cross_entropy_with_integer_labels(x, tj).mean(),
+    }
+    steps = {}
+    for name, loss in variants.items():
+        f = jax.jit(jax.value_and_grad(loss))
+        steps[name] = lambda f=f: jax.block_until_ready(f(xj))
+    results.update({k: v * 1e3 for k, v in _best(steps, repeat).items()})
+    results["ffi"] = fj.ffi_status()
+    return results
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    n, c = (int(argv[0]), int(argv[1])) if len(argv) >= 2 else (2048, 32768)
+    n_threads = int(argv[2]) if len(argv) >= 3 else None
+    r = run((n, c), n_threads)
+    print(f"cross-entropy, float32 logits ({n}, {c}), forward + backward, best of 5:")
+    for key, value in r.items():
+        print(f"  {key:28s} {value if isinstance(value, str) else round(value, 2)}")
+    print(f"  torch adapter / numpy fused     {r['torch_adapter_ms'] / r['numpy_fused_ms']:.2f}x")
+    print(f"  F.cross_entropy / torch adapter {r['torch_native_ms'] / r['torch_adapter_ms']:.2f}x")
+    print(f"  optax / fastloss.jax            {r['jax_optax_ms'] / r['jax_fastloss_ms']:.2f}x")
+    print(f"  optax / fastloss.jax (reduced)  "
+          f"{r['jax_optax_ms'] / r['jax_fastloss_reduced_ms']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+/* fastloss's XLA FFI handler (CPU): softmax cross-entropy with integer labels, per row.
+ *
+ * Written against XLA's C API only (xla/ffi/api/c_api.h, shipped by jaxlib: see
+ * jax.ffi.include_dir()), so it is plain C and needs no C++ or XLA build.  fastloss.jax
+ * compiles it at first use with the system C compiler, links it with libfastloss (its public
+ * C API, include/fastloss.h, only), and registers `fastloss_jax_ce_index` with
+ * jax.ffi.register_ffi_target(..., platform="cpu").
+ *
+ * Call (jax.ffi.ffi_call):
+ *   args:  logits (..., C) f32 or f64; labels (...) s32 or s64
+ *   rets:  loss of the logits' dtype [; grad (..., C) of the logits' dtype]
+ *   attrs: ignore_index (s64), label_smoothing (f64), z_loss (f64), softcap (f64, 0: none),
+ *          temperature (f64), n_threads (s64, <= 0: all cores),
+ *          reduction (s64: 0 none, 1 sum, 2 mean)
+ * The options are those of fastloss_cross_entropy_options: the per-row loss includes
+ * z_loss * lse^2 (lse of the softcapped, tempered row) and the gradient its derivative.
+ * reduction none: one loss per row (loss has the labels' shape) and, when a second result
+ * is asked for, d loss_i / d logits_i, from one fused pass.  sum / mean: loss has G values
+ * (G = its element count; G > 1 under jax.vmap): the rows are split in G equal consecutive
+ * groups, each reduced on its own in a fixed order; "mean" divides by the number of rows
+ * that are not ignored, and the gradient is scaled in the same pass (the options'
+ * grad_scale).  Labels outside [0, C) that are not ignore_index, and invalid options, are
+ * INVALID_ARGUMENT errors.
+ *
+ * The handler also answers XLA's metadata query (a call frame whose first extension is
+ * XLA_FFI_Extension_Metadata), as the C++ wrapper in xla/ffi/api/api.h does: it reports
+ * the FFI API version of the header it was compiled with.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastloss.h"
+#include "xla/ffi/api/c_api.h"
+
+/* The FFI ABI this file was written and tested against (fastloss.jax checks it too). */
+#if XLA_FFI_API_MAJOR != 0 || XLA_FFI_API_MINOR < 1
+#error "fastloss/_ext/src/jax_ffi.c needs XLA FFI API 0.x (x >= 1)"
+#endif
+
+int fastloss_jax_ffi_api_major(void) { return XLA_FFI_API_MAJOR; }
+int fastloss_jax_ffi_api_minor(void) { return XLA_FFI_API_MINOR; }
+
+static XLA_FFI_Error *fail(const XLA_FFI_Api *api, XLA_FFI_Error_Code code, const char *msg) {
+    XLA_FFI_Error_Create_Args args;
+    memset(&args, 0, sizeof args);
+    args.struct_size = XLA_FFI_Error_Create_Args_STRUCT_SIZE;
+    args.message = msg; /* copied by XLA */
+    args.errc = code;
+    return api->XLA_FFI_Error_Create(&args);
+}
+
+static XLA_FFI_Error *invalid(const XLA_FFI_Api *api, const char *msg) {
+    return fail(api, XLA_FFI_Error_Code_INVALID_ARGUMENT, msg);
+}
+
+static XLA_FFI_Error *metadata(XLA_FFI_CallFrame *frame) {
+    XLA_FFI_Metadata_Extension *ext = (XLA_FFI_Metadata_Extension *)frame->extension_start;
+    if (ext->extension_base.struct_size < XLA_FFI_Metadata_Extension_STRUCT_SIZE ||
+        ext->metadata == NULL || ext->metadata->struct_size < XLA_FFI_Metadata_STRUCT_SIZE)
+        return invalid(frame->api, "fastloss: XLA's metadata structs are older than the "
+                                   "FFI header this handler was compiled with");
+    ext->metadata->api_version.struct_size = XLA_FFI_Api_Version_STRUCT_SIZE;
+    ext->metadata->api_version.extension_start = NULL;
+    ext->metadata->api_version.major_version = XLA_FFI_API_MAJOR;
+    ext->metadata->api_version.minor_version = XLA_FFI_API_MINOR;
+    ext->metadata->traits = 0;
+    return NULL;
+}
+
+/* A scalar attribute by name (XLA sorts attributes by name; a linear scan is enough). */
+static const XLA_FFI_Scalar *scalar_attr(const XLA_FFI_CallFrame *frame, const char *name,
+                                         XLA_FFI_DataType dtype) {
+    size_t len = strlen(name);
+    for (int64_t i = 0; i < frame->attrs.size; ++i) {
+        const XLA_FFI_ByteSpan *key = frame->attrs.names[i];
+        if (key->len != len || memcmp(key->ptr, name, len) != 0) continue;
+        if (frame->attrs.types[i] != XLA_FFI_AttrType_SCALAR) return NULL;
+        const XLA_FFI_Scalar *s = (const XLA_FFI_Scalar *)frame->attrs.attrs[i];
+        return s->dtype == dtype ? s : NULL;
+    }
+    return NULL;
+}
+
+static int64_t elements(const XLA_FFI_Buffer *b, int64_t first, int64_t last) {
+    int64_t count = 1;
+    for (int64_t d = first; d < last; ++d) count *= b->dims[d];
+    return count;
+}
+
+/* THE call into fastloss's C API (the one place that changes with it): rows [0, n) of the
+   logits x, their losses into loss (n values of the logits' dtype, may be NULL) and their
+   gradient into grad (n*c, may be NULL). */
+static int run_kernel(int f64, int64_t n, int64_t c, const void *x, const int64_t *labels,
+                      const fastloss_cross_entropy_options *opts, void *loss, void *grad) {
+    if (f64)
+        return fastloss_cross_entropy_f64(n, c, (const double *)x, labels, opts,
+                                          (double *)loss, (double *)grad);
+    return fastloss_cross_entropy_f32(n, c, (const float *)x, labels, opts, (float *)loss,
+                                      (float *)grad);
+}
+
+static XLA_FFI_Error *kernel_error(const XLA_FFI_Api *api, int status) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "fastloss: %s", fastloss_strerror(status));
+    return fail(api,
+                status == FASTLOSS_E_MEMORY ? XLA_FFI_Error_Code_RESOURCE_EXHAUSTED
+                : status == FASTLOSS_E_NULL ? XLA_FFI_Error_Code_INTERNAL
+                                            : XLA_FFI_Error_Code_INVALID_ARGUMENT,
+                msg);
+}
+
+XLA_FFI_Error *fastloss_jax_ce_index(XLA_FFI_CallFrame *frame) {
+    const XLA_FFI_Api *api = frame->api;
+    char msg[256];
+    if (frame->extension_start != NULL &&
+        frame->extension_start->type == XLA_FFI_Extension_Metadata)
+        return metadata(frame);
+    if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE)
+        return invalid(api, "fastloss_jax_ce_index: called outside the execute stage");
+
+    /* arguments */
+    if (frame->args.size != 2 || frame->args.types[0] != XLA_FFI_ArgType_BUFFER ||
+        frame->args.types[1] != XLA_FFI_ArgType_BUFFER)
+        return invalid(api, "fastloss_jax_ce_index: expects 2 buffers (logits, labels)");
+    const XLA_FFI_Buffer *x = (const XLA_FFI_Buffer *)frame->args.args[0];
+    const XLA_FFI_Buffer *y = (const XLA_FFI_Buffer *)frame->args.args[1];
+    if (x->dtype != XLA_FFI_DataType_F32 && x->dtype != XLA_FFI_DataType_F64)
+        return invalid(api, "fastloss_jax_ce_index: logits must be float32 or float64");
+    if (y->dtype != XLA_FFI_DataType_S32 && y->dtype != XLA_FFI_DataType_S64)
+        return invalid(api, "fastloss_jax_ce_index: labels must be int32 or int64");
+    if (x->rank < 1 || y->rank != x->rank - 1)
+        return invalid(api, "fastloss_jax_ce_index: labels must have the logits' shape "
+                            "without the class axis");
+    for (int64_t d = 0; d < y->rank; ++d)
+        if (y->dims[d] != x->dims[d])
+            return invalid(api, "fastloss_jax_ce_index: labels must have the logits' "
+                                "batch shape");
+    const int f64 = x->dtype == XLA_FFI_DataType_F64;
+    const size_t item = f64 ? sizeof(double) : sizeof(float);
+    const int64_t n = elements(x, 0, x->rank - 1), c = x->dims[x->rank - 1];
+
+    /* attributes */
+    const XLA_FFI_Scalar *a_ignore = scalar_attr(frame, "ignore_index", XLA_FFI_DataType_S64);
+    const XLA_FFI_Scalar *a_eps = scalar_attr(frame, "label_smoothing", XLA_FFI_DataType_F64);
+    const XLA_FFI_Scalar *a_z = scalar_attr(frame, "z_loss", XLA_FFI_DataType_F64);
+    const XLA_FFI_Scalar *a_cap = scalar_attr(frame, "softcap", XLA_FFI_DataType_F64);
+    const XLA_FFI_Scalar *a_temp = scalar_attr(frame, "temperature", XLA_FFI_DataType_F64);
+    const XLA_FFI_Scalar *a_threads = scalar_attr(frame, "n_threads", XLA_FFI_DataType_S64);
+    const XLA_FFI_Scalar *a_reduction = scalar_attr(frame, "reduction", XLA_FFI_DataType_S64);
+    if (!a_ignore || !a_eps || !a_z || !a_cap || !a_temp || !a_threads || !a_reduction)
+        return invalid(api, "fastloss_jax_ce_index: needs attributes ignore_index (int64), "
+                            "label_smoothing, z_loss, softcap, temperature (float64), "
+                            "n_threads (int64), reduction (int64)");
+    fastloss_cross_entropy_options opts;
+    fastloss_cross_entropy_options_init(&opts);
+    opts.ignore_index = *(const int64_t *)a_ignore->value;
+    opts.label_smoothing = *(const double *)a_eps->value;
+    opts.z_loss = *(const double *)a_z->value;
+    opts.softcap = *(const double *)a_cap->value;
+    opts.temperature = *(const double *)a_temp->value;
+    const int64_t threads = *(const int64_t *)a_threads->value;
+    opts.n_threads = threads > 0 ? (threads > 1 << 20 ? 1 << 20 : (int)threads) : 0;
+    const int64_t reduction = *(const int64_t *)a_reduction->value;
+    if (reduction < 0 || reduction > 2)
+        return invalid(api, "fastloss_jax_ce_index: reduction must be 0, 1 or 2");
+
+    /* results */
+    if (frame->rets.size < 1 || frame->rets.size > 2)
+        return invalid(api, "fastloss_jax_ce_index: returns loss, or loss and grad");
+    for (int64_t r = 0; r < frame->rets.size; ++r)
+        if (frame->rets.types[r] != XLA_FFI_RetType_BUFFER ||
+            ((XLA_FFI_Buffer *)frame->rets.rets[r])->dtype != x->dtype)
+            return invalid(api, "fastloss_jax_ce_index: results must be buffers of the "
+                                "logits' dtype");
+    XLA_FFI_Buffer *loss_out = (XLA_FFI_Buffer *)frame->rets.rets[0];
+    XLA_FFI_Buffer *grad_out =
+        frame->rets.size == 2 ? (XLA_FFI_Buffer *)frame->rets.rets[1] : NULL;
+    const int64_t groups = elements(loss_out, 0, loss_out->rank);
+    if (reduction == 0 ? groups != n : (groups < 1 || n % groups != 0))
+        return invalid(api, "fastloss_jax_ce_index: the loss result has the wrong size");
+    if (grad_out && elements(grad_out, 0, grad_out->rank) != n * c)
+        return invalid(api, "fastloss_jax_ce_index: the grad result has the wrong size");
+    const int64_t rows = reduction == 0 ? 1 : n / groups; /* rows per group */
+
+    /* work space: labels as int64; per-row losses (reduction none: the result itself) */
+    const size_t n1 = (size_t)(n ? n : 1);
+    int64_t *labels64 = NULL;
+    const int64_t *labels = (const int64_t *)y->data;
+    void *loss = reduction == 0 ? loss_out->data : malloc(n1 * item);
+    int ok = loss != NULL;
+    if (y->dtype == XLA_FFI_DataType_S32) ok &= (labels = labels64 = malloc(n1 * 8)) != NULL;
+    XLA_FFI_Error *err = NULL;
+    if (!ok) err = fail(api, XLA_FFI_Error_Code_RESOURCE_EXHAUSTED, "fastloss: out of memory");
+
+    /* check (and widen) the labels */
+    for (int64_t i = 0; !err && i < n; ++i) {
+        const int64_t t = labels64 ? (int64_t)((const int32_t *)y->data)[i] : labels[i];
+        if (labels64) labels64[i] = t;
+        if (t != opts.ignore_index && (t < 0 || t >= c)) {
+            snprintf(msg, sizeof msg,
+                     "fastloss: label %lld at flat position %lld is out of range for %lld "
+                     "classes", (long long)t, (long long)i, (long long)c);
+            err = invalid(api, msg);
+        }
+    }
+    /* the kernel: one call, or ("mean") one per group with grad_scale 1 / (counted rows) */
+    const int per_group = reduction == 2 && grad_out != NULL && groups > 1;
+    for (int64_t g = 0; !err && g < (per_group ? groups : 1); ++g) {
+        const int64_t lo = per_group ? g * rows : 0, hi = per_group ? lo + rows : n;
+        if (reduction == 2 && grad_out) {
+            int64_t counted = 0;
+            for (int64_t i = lo; i < hi; ++i) counted += labels[i] != opts.ignore_index;
+            /* all ignored: every gradient row is 0 whatever the scale */
+            opts.grad_scale = counted ? 1.0 / (double)counted : 1.0;
+        }
+        const int status = run_kernel(f64, hi - lo, c, (const char *)x->data + lo * c * item,
+                                      labels + lo, &opts, (char *)loss + lo * item,
+                                      grad_out ? (char *)grad_out->data + lo * c * item : NULL);
+        if (status != FASTLOSS_OK) err = kernel_error(api, status);
+    }
+    if (!err && reduction != 0) {
+        /* the groups' losses, reduced in a fixed order (bit-identical for any n_threads) */
+        for (int64_t g = 0; g < groups; ++g) {
+            double value = 0.0;
+            int64_t counted = 0;
+            for (int64_t i = g * rows; i < (g + 1) * rows; ++i) {
+                value += f64 ? ((const double *)loss)[i] : (double)((const float *)loss)[i];
+                counted += labels[i] != opts.ignore_index;
+            }
+            if (reduction == 2) value *= 1.0 / (double)counted; /* all ignored: NaN */
+            if (f64)
+                ((double *)loss_out->data)[g] = value;
+            else
+                ((float *)loss_out->data)[g] = (float)value;
+        }
+    }
+    free(labels64);
+    if (loss != loss_out->data) free(loss);
+    return err;
+}
