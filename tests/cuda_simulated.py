@@ -12,6 +12,8 @@ from conftest import assert_close
 from numba import cuda
 
 import fastloss as fl
+from fastloss import reference
+from fastloss._grad_hess import binary_cross_entropy_grad_hess, cross_entropy_grad_hess
 from fastloss._registry import CASES, reference_rows
 
 assert cuda.is_available() and fl.backends()["cuda"] == "available"
@@ -125,3 +127,73 @@ def test_bad_device_out_is_refused():
         fl.cross_entropy_with_grad(d, np.array([0, 1, 2]), out=np.zeros((3, 4), np.float32))
     with pytest.raises(IndexError, match="target 7 at position 2 is out of range"):
         fl.cross_entropy_with_grad(d, cuda.to_device(np.array([0, 1, 7])))
+
+
+# ------------------------------------------------------------------ grad + hess (boosting)
+
+def _host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_grad_hess_matches_reference(dtype, kind, order):
+    rng = np.random.default_rng(4)
+    n, k = 6, 19  # rows span several 8-thread blocks' worth of classes
+    x = (rng.standard_normal((n, k)) * 3).astype(dtype)
+    x[1, 3] = -np.inf  # an impossible class
+    y = rng.integers(0, k, n)
+    t = rng.uniform(0, 1, (n, k))
+    target = y if kind == "index" else (t / t.sum(axis=1, keepdims=True) * 0.8).astype(dtype)
+    w = rng.uniform(0.1, 2.0, n)
+    options = dict(sample_weight=w, label_smoothing=0.1, hessian_scale=2.0, min_hessian=1e-3)
+    grad, hess = cross_entropy_grad_hess(x, target, order=order, backend="cuda", **options)
+    expected = reference.cross_entropy_grad_hess(x, target, w, 0.1, 2.0, 1e-3)
+    assert_close(_host(grad), expected[0], dtype)
+    assert_close(_host(hess), expected[1], dtype)
+    out = (np.full(x.shape, 7.0, dtype, order=order), np.full(x.shape, 7.0, dtype, order=order))
+    got = cross_entropy_grad_hess(x, target, out=out, order=order, backend="cuda", **options)
+    assert got[0] is out[0] and got[1] is out[1]
+    assert_close(out[0], expected[0], dtype)
+    assert_close(out[1], expected[1], dtype)
+
+
+def test_grad_hess_special_values_and_device_arrays():
+    inf, nan = np.inf, np.nan
+    x = np.array([[0.0, nan, 1.0], [0.0, inf, 1.0], [0.0, -inf, 0.0], [-inf, -inf, -inf],
+                  [1e30, 1e30, -1e30]])
+    y = np.array([0, 0, 1, 0, 2])
+    w = np.array([1.0, 1.0, 2.0, 1.0, 1.0])
+    grad, hess = (_host(a) for a in cross_entropy_grad_hess(
+        x, y, sample_weight=w, min_hessian=1e-3, backend="cuda"))
+    for row in (0, 1, 3):
+        assert np.isnan(grad[row]).all() and np.isnan(hess[row]).all()
+    np.testing.assert_allclose(grad[2], [1.0, -2.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(hess[2], [0.5, 1e-3, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(grad[4], [0.5, 0.5, -1.0], rtol=1e-12)
+    np.testing.assert_allclose(hess[4], [0.25, 0.25, 1e-3], rtol=1e-12)
+    # GPU arrays stay on the GPU, in either order
+    x32 = np.random.default_rng(5).standard_normal((5, 11)).astype(np.float32)
+    expected = reference.cross_entropy_grad_hess(x32, y)
+    for order in ("C", "F"):
+        grad, hess = cross_entropy_grad_hess(cuda.to_device(x32), cuda.to_device(y),
+                                             order=order)  # "auto" picks cuda
+        assert not isinstance(grad, np.ndarray) and hasattr(grad, "copy_to_host")
+        assert_close(grad.copy_to_host(), expected[0], np.float32)
+        assert_close(hess.copy_to_host(), expected[1], np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_binary_grad_hess_matches_reference(dtype, weighted):
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(37) * 6).astype(dtype)
+    x[:4] = [np.inf, -np.inf, np.nan, 800.0]
+    t = rng.uniform(0, 1, 37).astype(dtype)
+    w = rng.uniform(0.1, 2.0, 37) if weighted else None
+    grad, hess = binary_cross_entropy_grad_hess(x, t, sample_weight=w, hessian_scale=1.5,
+                                                min_hessian=1e-4, backend="cuda")
+    expected = reference.binary_cross_entropy_grad_hess(x, t, w, 1.5, 1e-4)
+    assert_close(_host(grad), expected[0], dtype)
+    assert_close(_host(hess), expected[1], dtype)

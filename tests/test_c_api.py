@@ -85,7 +85,8 @@ def parse_cython_extern(path, header):
     """The same for the `cdef extern from "<header>"` block of a .pxd or .pyx."""
     with open(path) as f:
         lines = f.read().split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith(f'cdef extern from "{header}"'))
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith(f'cdef extern from "{header}"'))
     block = []
     for line in lines[start + 1:]:
         if line.strip() and not line.startswith(" "):
@@ -344,7 +345,8 @@ def test_bad_options_are_error_codes_and_leave_outputs_untouched(lib, dtype, rng
     assert lib.fastloss_strerror(-9) == b"temperature must be finite and > 0"
     for code in HEADER["constants"]:
         if code.startswith("FASTLOSS_E_"):
-            assert lib.fastloss_strerror(HEADER["constants"][code]) != b"unknown fastloss error code"
+            text = lib.fastloss_strerror(HEADER["constants"][code])
+            assert text != b"unknown fastloss error code"
 
 
 @built

@@ -37,6 +37,8 @@ def test_every_kernel_compiles_to_ptx(cc):
               "float64, float64, float64, float64[::1], float64[::1], float64[::1], {x}, boolean, "
               "boolean)")
     function_of_p = "void({x}, {t}, boolean, int64, float64[::1], float64[::1], {x}, boolean)"
+    grad_hess = ("void({x}, {t}, boolean, float64[::1], boolean, float64, float64, float64, "
+                 "float64, {o}, {o})")
     sigs = {  # class indices come as (N, 1) int64, probabilities as x
         "_softmax_linear_kernel": [linear.replace("{t}", index), linear.replace("{t}", "{x}")],
         "_softmax_fn_kernel": [function_of_p.replace("{t}", index),
@@ -44,13 +46,19 @@ def test_every_kernel_compiles_to_ptx(cc):
         "_elementwise_kernel": ["void({x}, {x}, float64[:, ::1], boolean, " + row + ", boolean, "
                                 "int64, float64[:, ::1], float64[:, ::1], {x}, boolean)"],
         "_softmax_kernel": ["void({x}, {x}, int64)"],
+        # grad and hess in C or Fortran order
+        "_softmax_grad_hess_kernel": [grad_hess.replace("{t}", t).replace("{o}", o)
+                                      for t in (index, "{x}") for o in ("{x}", "{f}[::1, :]")],
+        "_binary_grad_hess_kernel": ["void({f}[::1], {f}[::1], float64[::1], boolean, float64, "
+                                     "float64, {f}[::1], {f}[::1])"],
     }
     assert set(sigs) == set(backend.KERNELS)
     for name, kernel_sigs in sigs.items():
         kernel = getattr(backend, name)
         for sig in kernel_sigs:
-            for x in ("float32[:, ::1]", "float64[:, ::1]"):
-                ptx, _ = numba_cuda.compile_ptx(kernel.py_func, sig.format(x=x), cc=cc)
+            for f in ("float32", "float64"):
+                ptx, _ = numba_cuda.compile_ptx(kernel.py_func, sig.format(x=f"{f}[:, ::1]", f=f),
+                                                cc=cc)
                 assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx, name
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -104,6 +106,47 @@ def test_transform_limits(compiled):
     assert transform(1.5, 0.0, 1.0) == (1.5, 1.0)
 
 
+def _cpu_hook(name):
+    """The CPU-compiled hook (inline="always": called from a jitted function)."""
+    hook = getattr(nm.hooks, name)
+    n_args = hook.py_func.__code__.co_argcount
+    names = ", ".join(f"a{k}" for k in range(n_args))
+    namespace = {"hook": hook}
+    exec(f"def run({names}):\n    return hook({names})", namespace)
+    return numba.njit(namespace["run"])
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "njit"])
+def test_grad_hess_hooks(compiled):
+    """The boosting hooks: the floor keeps NaN, an impossible class gets ``-q w`` and the
+    floor, the sigmoid pair keeps its relative accuracy and its limits."""
+    from fastloss import reference
+    from fastloss._ext import numba_hooks
+
+    def hook(name):
+        return _cpu_hook(name) if compiled else getattr(numba_hooks, name)
+
+    floor = hook("floor_hessian")
+    assert floor(0.5, 1e-3) == 0.5 and floor(0.0, 1e-3) == 1e-3 and np.isnan(floor(np.nan, 1.0))
+    g, h = hook("softmax_grad_hess")(0.25, 1.0, 1.0, 2.0, 3.0, 0.0)
+    assert (g, h) == ((0.25 - 1.0) * 2.0, 3.0 * 0.25 * 0.75 * 2.0)
+    assert hook("softmax_grad_hess")(0.0, 0.3, 1.0, 2.0, 3.0, 1e-3) == (-0.6, 1e-3)
+    pair = hook("sigmoid_pair")
+    for v in (0.0, 1.5, -1.5, 40.0, -40.0, 700.0, -700.0):
+        np.testing.assert_allclose(pair(v), [reference.sigmoid(v), reference.sigmoid(-v)],
+                                   rtol=2e-16, atol=0)
+    assert pair(np.inf) == (1.0, 0.0) and pair(-np.inf) == (0.0, 1.0)
+    assert all(np.isnan(pair(np.nan)))
+    v = np.array([-30.0, -2.0, 0.0, 0.5, 30.0])
+    t = np.array([0.0, 1.0, 0.25, 1.0, 0.0])
+    w = np.array([1.0, 2.0, 0.5, 1.0, 3.0])
+    expected = reference.binary_cross_entropy_grad_hess(v, t, w, 1.5, 1e-20)
+    got = np.array([hook("bce_grad_hess")(*args, 1.5, 1e-20) for args in zip(v, t, w)]).T
+    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=0)
+    assert hook("bce_grad_hess")(np.inf, 0.25, 2.0, 1.0, 1e-3) == (1.5, 1e-3)
+    assert hook("bce_grad_hess")(-np.inf, 0.25, 2.0, 1.0, 1e-3) == (-0.5, 1e-3)
+
+
 def test_every_hook_compiles_for_the_cpu():
     from fastloss._ext import numba_hooks
 
@@ -113,17 +156,32 @@ def test_every_hook_compiles_for_the_cpu():
 
 # --------------------------------------------------------------------------------- the pool
 
-def test_rows_split_in_equal_contiguous_ranges():
-    from fastloss._ext._threads import split
+def test_rows_split_in_shrinking_chunks():
+    """Contiguous chunks, more than threads, each 1/(2 n_threads) of the rows left down to
+    the smallest size (MIN_CHUNK_ELEMENTS elements, except the last); never more than rows;
+    one for small work or one thread."""
+    from fastloss._ext._threads import MIN_CHUNK_ELEMENTS, split
 
-    assert split(10, 10000, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
-    assert split(10, 100, 4) == [(0, 10)]  # small work: one range
-    assert split(3, 100000, 8) == [(0, 1), (1, 2), (2, 3)]  # never more ranges than rows
+    assert split(10, 10000, 4) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert split(9, 10000, 4) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 9)]
+    assert split(10, 100, 4) == [(0, 10)]  # small work: one chunk
+    assert split(3, 100000, 8) == [(0, 1), (1, 2), (2, 3)]  # never more chunks than rows
     assert split(1000, 1000, 1) == [(0, 1000)]
     assert split(0, 1000, 4) == [(0, 0)]
+    assert split(2048, 32768, 2)[:3] == [(0, 512), (512, 896), (896, 1184)]
+    for n, c, t in [(65536, 10, 2), (2048, 32768, 2), (5000, 7, 3), (100, 1000, 16),
+                    (7, 1 << 20, 2), (100000, 10, 16)]:
+        chunks = split(n, c, t)
+        assert chunks[0][0] == 0 and chunks[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        sizes = [hi - lo for lo, hi in chunks]
+        assert len(chunks) <= min(n, t * 2 * max(1, math.log(n)))
+        assert len(chunks) > t or n * c < 2 * t * MIN_CHUNK_ELEMENTS or n <= t
+        assert sizes == sorted(sizes, reverse=True)  # shrinking
+        assert min(sizes[:-1]) * c >= MIN_CHUNK_ELEMENTS or min(sizes[:-1]) == 1
 
 
-def test_run_ranges_waits_for_all_and_reraises_the_first_error():
+def test_run_ranges_runs_every_chunk_and_reraises_the_first_error():
     from fastloss._ext._threads import run_ranges
 
     seen = []
@@ -135,6 +193,65 @@ def test_run_ranges_waits_for_all_and_reraises_the_first_error():
         out[lo:hi] = 1
 
     out = np.zeros(8)
-    with pytest.raises(ValueError, match="range 2"):
+    with pytest.raises(ValueError, match="range 1$"):  # the first chunk that raised
         run_ranges(fn, 8, 1 << 20, 4, out)
-    assert sorted(seen) == [(0, 2), (2, 4), (4, 6), (6, 8)] and out[:2].tolist() == [1, 1]
+    assert sorted(seen) == [(k, k + 1) for k in range(8)] and out.tolist() == [1] + [0] * 7
+
+
+def test_run_ranges_covers_every_row_once_with_scratch_per_worker():
+    import threading
+
+    from fastloss._ext._threads import run_ranges, split
+
+    n_rows, n_cols = 1000, 1 << 12
+    assert len(split(n_rows, n_cols, 3)) > 3
+    made = []
+
+    def scratch():
+        buf = np.zeros(1)
+        made.append((threading.get_ident(), buf))
+        return (buf,)
+
+    def fn(lo, hi, counts, buf):
+        assert any(b is buf for _, b in made)
+        buf[0] += hi - lo
+        counts[lo:hi] += 1
+
+    counts = np.zeros(n_rows, np.int64)
+    run_ranges(fn, n_rows, n_cols, 3, counts, scratch=scratch)
+    assert (counts == 1).all()
+    assert 1 <= len(made) <= 3 and len({ident for ident, _ in made}) == len(made)
+    assert sum(b[0] for _, b in made) == n_rows  # each worker reused its own scratch
+    counts[:] = 0
+    run_ranges(fn, 10, 10, 3, counts, scratch=scratch)  # small work: one chunk, here
+    assert (counts[:10] == 1).all() and made[-1][0] == threading.get_ident()
+
+
+def test_run_ranges_does_not_wait_for_a_busy_pool():
+    """Pool threads busy elsewhere (another call, another Python thread): the caller takes
+    every chunk itself and cancels the helpers that have not started."""
+    import threading
+
+    from fastloss._ext import _threads
+
+    pool = _threads._get_pool()
+    release = threading.Event()
+    blockers = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]
+    try:
+        counts = np.zeros(64, np.int64)
+        callers = []
+
+        def fn(lo, hi):
+            callers.append(threading.get_ident())
+            counts[lo:hi] += 1
+
+        done = threading.Event()
+        worker = threading.Thread(
+            target=lambda: (_threads.run_ranges(fn, 64, 1 << 16, 4), done.set()), daemon=True)
+        worker.start()
+        assert done.wait(20), "run_ranges waited for a busy pool"
+        assert (counts == 1).all() and set(callers) == {worker.ident}
+    finally:
+        release.set()
+        for f in blockers:
+            f.result()

@@ -10,6 +10,8 @@ starts its own threads and joins them before it returns (fork-safe, thread-safe)
 
 import numpy as np
 
+from fastloss._numpy_kernels import as_rows, empty  # host memory, as the reference
+
 from libc.stdint cimport int64_t
 
 from fastloss._ext.fastloss cimport (
@@ -116,15 +118,6 @@ def unavailable_reason():
 def threads():
     """``(built with threads, the number of online CPUs)``."""
     return bool(fastloss_has_threads()), fastloss_max_threads()
-
-
-def as_rows(a, n_cols, dtype):
-    """A C-contiguous ``(rows, n_cols)`` array of ``dtype`` holding ``a``."""
-    return np.ascontiguousarray(a, dtype=dtype).reshape(-1, n_cols)
-
-
-def empty(shape, dtype):
-    return np.empty(shape, dtype)
 
 
 cdef inline int _check(int status) except -1:

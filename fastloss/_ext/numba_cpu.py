@@ -23,6 +23,7 @@ import os
 import numpy as np
 from numba import njit
 
+from .._numpy_kernels import as_rows, empty  # noqa: F401 (host memory, as the reference)
 from ._threads import run_ranges
 from .numba_math import (
     BLOCK,
@@ -46,21 +47,12 @@ NAN = np.nan
 # The range kernels run without Numba's reference counting: every row and block view
 # (``x[i]``, ``row[start:stop]``) would otherwise pay an atomic incref/decref, which costs
 # 25% at 32k classes a row.  So they allocate nothing: their scratch (block maxima, the
-# transformed row) is allocated by the caller, once per range.
+# transformed row) is allocated by the pool, once per worker (run_ranges(..., scratch=)).
 KERNEL = dict(JIT, _nrt=False)
 
 
 def unavailable_reason():
     return None
-
-
-def as_rows(a, n_cols, dtype):
-    """A C-contiguous ``(rows, n_cols)`` array of ``dtype`` (no copy when ``a`` is one)."""
-    return np.ascontiguousarray(a, dtype=dtype).reshape(-1, n_cols)
-
-
-def empty(shape, dtype):
-    return np.empty(shape, dtype=dtype)
 
 
 # Numba wants one array type per argument: these stand for "not given" (with a flag).
@@ -96,19 +88,21 @@ def _n_blocks(c):
 # (a loop-invariant branch left in a loop keeps it from vectorising: 4x at 32k classes).
 
 @njit(**INLINE)
-def _dense_stats(row, trow, weight, keep, eps_c, log_target, kl):
-    """``(A, sum_c a_c z_c, const)`` of a row of probability / log-probability targets."""
+def _dense_stats(row, trow, weight, keep, eps_c, log_target, kl, m0):
+    """``(A, sum_c a_c (m0 - z_c), const)`` of a row of probability / log-probability
+    targets, ``m0`` the row max.  Summing the gaps to the max, not ``A m - sum_c a_c z_c``,
+    keeps rows of huge logits exact (1e30 - 1e30 cancels to 0, (A m) - (sum a z) does not)."""
     big_a = 0.0
-    az = 0.0
+    gap = 0.0
     const = 0.0
     for k in range(row.shape[0]):
         v = np.float64(trow[k])
         a = hooks.ce_coef(hooks.target_prob(v, log_target), weight[k], keep, eps_c)
         big_a += a
-        az += hooks.weighted(a, np.float64(row[k]))
+        gap += hooks.weighted(a, m0 - np.float64(row[k]))
         if kl:
             const += hooks.target_t_log_t(v, log_target)
-    return big_a, az, const
+    return big_a, gap, const
 
 
 @njit(**INLINE)
@@ -130,21 +124,25 @@ def _linear_row(row, trow, sparse, y, weight, w_total, keep, eps_c, log_target, 
     z_y = 0.0
     a_t = 0.0  # sparse: the target's share of a_y
     big_a = 0.0  # A = sum_c a_c
-    az = 0.0  # sum_c a_c z_c (sparse: sum_c w_c z_c), 0 * (-inf) counted as 0
+    gap = 0.0  # sum_c a_c (m0 - z_c) (sparse: sum_c w_c (m0 - z_c)), 0 * inf counted as 0
     const = 0.0
+    m0 = 0.0  # the row max, taken first where the sums need it (the row is then in cache)
     if sparse:
         z_y = np.float64(row[y])
         a_t = hooks.ce_coef(1.0, weight[y], keep, 0.0)
         big_a = a_t + eps_c * w_total
         if eps_c > 0.0:
+            m0 = np.float64(row_max(row))
             for k in range(c):
-                az += hooks.weighted(weight[k], np.float64(row[k]))
-    elif not kl:  # the flags as constants: LLVM drops the exp / log of the KL's cases
-        big_a, az, const = _dense_stats(row, trow, weight, keep, eps_c, False, False)
-    elif log_target:
-        big_a, az, const = _dense_stats(row, trow, weight, keep, eps_c, True, True)
+                gap += hooks.weighted(weight[k], m0 - np.float64(row[k]))
     else:
-        big_a, az, const = _dense_stats(row, trow, weight, keep, eps_c, False, True)
+        m0 = np.float64(row_max(row))
+        if not kl:  # the flags as constants: LLVM drops the exp / log of the KL's cases
+            big_a, gap, const = _dense_stats(row, trow, weight, keep, eps_c, False, False, m0)
+        elif log_target:
+            big_a, gap, const = _dense_stats(row, trow, weight, keep, eps_c, True, True, m0)
+        else:
+            big_a, gap, const = _dense_stats(row, trow, weight, keep, eps_c, False, True, m0)
     if write_grad:
         m, s = exp_blocks(row, g, block_max, in_place)
     else:
@@ -162,10 +160,10 @@ def _linear_row(row, trow, sparse, y, weight, w_total, keep, eps_c, log_target, 
     if sparse:
         value = hooks.linear_loss(a_t, hooks.weighted(a_t, m - z_y), 0.0, log_s)
         if eps_c > 0.0:
-            value += eps_c * hooks.linear_loss(w_total, hooks.gap_sum(w_total, az, m), 0.0,
-                                               log_s)
+            value += eps_c * hooks.linear_loss(w_total, hooks.shift_gap(w_total, gap, m, m0),
+                                               0.0, log_s)
     else:
-        value = hooks.linear_loss(big_a, hooks.gap_sum(big_a, az, m), const, log_s)
+        value = hooks.linear_loss(big_a, hooks.shift_gap(big_a, gap, m, m0), const, log_s)
     if write_grad:
         big_a_p = hooks.p_coef(big_a, z_grad, lse)
         scale_blocks(g, block_max, m, si * big_a_p / s)  # g_c = si A' p_c
@@ -242,11 +240,8 @@ def _run_softmax_linear(x, target, weight, ignore_index, label_smoothing, log_ta
             inv_temperature, float(z_grad), _NO_ROWS if scale is None else scale, loss,
             _NO_ROWS if lse is None else lse, g, write_grad, lse is not None, in_place)
 
-    def rows(lo, hi):
-        _softmax_linear(lo, hi, *args, np.empty(_n_blocks(c)), np.empty(scratch),
-                        np.empty(scratch))
-
-    run_ranges(rows, n, c, n_threads)
+    run_ranges(_softmax_linear, n, c, n_threads, *args,
+               scratch=lambda: (np.empty(_n_blocks(c)), np.empty(scratch), np.empty(scratch)))
 
 
 def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv_temperature,
@@ -416,10 +411,8 @@ def _run_softmax_rows(x, out, log, n_threads):
     x = _readable(x)
     n, c = x.shape
 
-    def rows(lo, hi):
-        _softmax_rows(lo, hi, x, out, log, np.empty(_n_blocks(c)))
-
-    run_ranges(rows, n, c, n_threads)
+    run_ranges(_softmax_rows, n, c, n_threads, x, out, log,
+               scratch=lambda: (np.empty(_n_blocks(c)),))
 
 
 def softmax(x, out, n_threads):
@@ -442,6 +435,172 @@ def _logsumexp_rows(lo, hi, x, out):
 def logsumexp(x, out, n_threads):
     x = _readable(x)
     run_ranges(_logsumexp_rows, x.shape[0], x.shape[1], n_threads, x, out)
+
+
+# ------------------------------------------------------------- grad + hess (gradient boosting)
+#
+# Shape 1 again (docs/design.md section 3): d loss_i / d x_ic = (A_i p_ic - q_ic) w_i with the
+# smoothed target q_c = (1 - eps) t_c + eps / K, A = sum_c q_c; the diagonal of the Hessian is
+# A p_c (1 - p_c) w (hooks.softmax_grad_hess).  The same blocked online softmax as the
+# cross-entropy: pass 1 reads the row once and stores e_c = exp(x_c - m_b) into the gradient
+# row, pass 2 finds it in cache and writes the gradient and the Hessian once.
+
+@njit(**INLINE)
+def _grad_hess_block(e, g, h, trow, dense, factor, big_a, keep, eps_c, w, hessian_scale,
+                     min_hessian):
+    """Pass 2 over one block: ``p_c = e_c * factor``; ``e`` may be ``g`` itself.  ``dense``
+    (a constant in each call): q_c from the target row, else q_c = eps / K for every class
+    (the caller fixes the target class)."""
+    for j in range(g.shape[0]):
+        p = np.float64(e[j]) * factor
+        q = hooks.ce_coef(np.float64(trow[j]), 1.0, keep, eps_c) if dense else eps_c
+        gj, hj = hooks.softmax_grad_hess(p, q, big_a, w, hessian_scale, min_hessian)
+        g[j] = like(gj, g)
+        h[j] = like(hj, h)
+
+
+@njit(**INLINE)
+def _grad_hess_row(row, trow, sparse, y, keep, eps_c, w, hessian_scale, min_hessian, e, g, h,
+                   block_max):
+    """Gradient and Hessian of one row into ``g`` and ``h``; ``e`` (``g`` itself in the
+    kernels) receives the exp of pass 1."""
+    c = row.shape[0]
+    if sparse:
+        big_a = keep + c * eps_c
+    else:
+        big_a = 0.0
+        for k in range(c):
+            big_a += hooks.ce_coef(np.float64(trow[k]), 1.0, keep, eps_c)
+    m, s = exp_blocks(row, e, block_max, False)
+    if poisoned(m, s):
+        fill_row(g, NAN)
+        fill_row(h, NAN)
+        return
+    inv_s = 1.0 / s
+    for b in range(block_max.shape[0]):
+        start = b * BLOCK
+        m_b = block_max[b]
+        if m_b == m:
+            factor = inv_s
+        else:
+            factor = inv_s * math.exp(m_b - m) if m_b != -np.inf else 0.0
+        stop = start + BLOCK
+        if sparse:
+            _grad_hess_block(e[start:stop], g[start:stop], h[start:stop], trow, False, factor,
+                             big_a, keep, eps_c, w, hessian_scale, min_hessian)
+        else:
+            _grad_hess_block(e[start:stop], g[start:stop], h[start:stop], trow[start:stop],
+                             True, factor, big_a, keep, eps_c, w, hessian_scale, min_hessian)
+    if sparse:
+        # p_y recomputed in float64: A p_y - q_y cancels when p_y is close to 1
+        p_y = math.exp(np.float64(row[y]) - m) * inv_s
+        g_y, h_y = hooks.softmax_grad_hess(p_y, hooks.ce_coef(1.0, 1.0, keep, eps_c), big_a, w,
+                                           hessian_scale, min_hessian)
+        g[y] = like(g_y, g)
+        h[y] = like(h_y, h)
+
+
+@njit(**KERNEL)
+def _softmax_grad_hess(lo, hi, x, target, sparse, weight, has_weight, keep, eps_c,
+                       hessian_scale, min_hessian, grad, hess, transposed, block_max, tile_g,
+                       tile_h):
+    """Rows ``lo:hi``.  ``target``: (N, 1) class indices (``sparse``) or (N, K)
+    probabilities.  ``grad`` and ``hess``: (N, K), or (K, N) (``transposed``: the C-ordered
+    transposes of Fortran-ordered outputs).  Transposed, the rows are computed a tile at a
+    time into the scratch tiles (R, K), then written out class by class, R consecutive values
+    at once (one row at a time would write one value per class: one cache line and, for
+    large N, one page each)."""
+    c = x.shape[1]
+    if not transposed:
+        for i in range(lo, hi):
+            y = np.int64(target[i, 0]) if sparse else np.int64(0)
+            w = weight[i] if has_weight else 1.0
+            _grad_hess_row(x[i], target[i], sparse, y, keep, eps_c, w, hessian_scale,
+                           min_hessian, grad[i], grad[i], hess[i], block_max)
+        return
+    tile = tile_g.shape[0]
+    for i0 in range(lo, hi, tile):
+        rows = min(tile, hi - i0)
+        for r in range(rows):
+            i = i0 + r
+            y = np.int64(target[i, 0]) if sparse else np.int64(0)
+            w = weight[i] if has_weight else 1.0
+            _grad_hess_row(x[i], target[i], sparse, y, keep, eps_c, w, hessian_scale,
+                           min_hessian, tile_g[r], tile_g[r], tile_h[r], block_max)
+        for k in range(c):  # one output at a time: twice as fast as both in one loop
+            g = grad[k, i0:i0 + rows]
+            for r in range(rows):
+                g[r] = tile_g[r, k]
+        for k in range(c):
+            h = hess[k, i0:i0 + rows]
+            for r in range(rows):
+                h[r] = tile_h[r, k]
+
+
+def cross_entropy_grad_hess(x, target, sample_weight, label_smoothing, hessian_scale,
+                            min_hessian, grad, hess, n_threads):
+    """``grad`` and ``hess``: both C-ordered or both Fortran-ordered (written through their
+    transposes); other layouts are computed into C-ordered arrays, then copied."""
+    if grad.flags.c_contiguous and hess.flags.c_contiguous:
+        out_g, out_h, transposed = grad, hess, False
+    elif grad.flags.f_contiguous and hess.flags.f_contiguous:
+        out_g, out_h, transposed = grad.T, hess.T, True
+    else:  # not from fastloss._grad_hess
+        out_g, out_h = np.empty(grad.shape, x.dtype), np.empty(hess.shape, x.dtype)
+        cross_entropy_grad_hess(x, target, sample_weight, label_smoothing, hessian_scale,
+                                min_hessian, out_g, out_h, n_threads)
+        grad[...] = out_g
+        hess[...] = out_h
+        return
+    x, target = _readable(x), _readable(target)
+    sparse = target.ndim == 1
+    if sparse:
+        target = target.reshape(-1, 1)
+    n, c = x.shape
+    eps = float(label_smoothing)
+    # a tile: 1 KiB of each class (256 float32 rows: long runs of writes, 3x faster than 64
+    # bytes), at most 8 MiB for both tiles
+    tile = max(1, min(1024 // x.itemsize, (8 << 20) // (2 * max(c, 1) * x.itemsize))) \
+        if transposed else 0
+    run_ranges(_softmax_grad_hess, n, c, n_threads, x, target, sparse,
+               _NO_ROWS if sample_weight is None else sample_weight, sample_weight is not None,
+               1.0 - eps, eps / c if c else 0.0, float(hessian_scale), float(min_hessian),
+               out_g, out_h, transposed,
+               scratch=lambda: (np.empty(_n_blocks(c)), np.empty((tile, c), x.dtype),
+                                np.empty((tile, c), x.dtype)))
+
+
+@njit(**INLINE)
+def _binary_grad_hess_rows(x, target, weight, has_weight, hessian_scale, min_hessian, grad,
+                           hess):
+    for k in range(x.shape[0]):
+        w = weight[k] if has_weight else 1.0
+        g, h = hooks.bce_grad_hess(np.float64(x[k]), np.float64(target[k]), w, hessian_scale,
+                                   min_hessian)
+        grad[k] = like(g, grad)
+        hess[k] = like(h, hess)
+
+
+@njit(**KERNEL)
+def _binary_grad_hess(lo, hi, x, target, weight, has_weight, hessian_scale, min_hessian, grad,
+                      hess):
+    """Elements ``lo:hi`` (taken as slices: see numba_math on negative indices); constant
+    flags in each call."""
+    w = weight[lo:hi] if has_weight else weight
+    if has_weight:
+        _binary_grad_hess_rows(x[lo:hi], target[lo:hi], w, True, hessian_scale, min_hessian,
+                               grad[lo:hi], hess[lo:hi])
+    else:
+        _binary_grad_hess_rows(x[lo:hi], target[lo:hi], w, False, hessian_scale, min_hessian,
+                               grad[lo:hi], hess[lo:hi])
+
+
+def binary_cross_entropy_grad_hess(x, target, sample_weight, hessian_scale, min_hessian, grad,
+                                   hess, n_threads):
+    x, target = _readable(x), _readable(target)
+    run_ranges(_binary_grad_hess, x.shape[0], 1, n_threads, x, target,
+               _NO_ROWS if sample_weight is None else sample_weight, sample_weight is not None,
+               float(hessian_scale), float(min_hessian), grad, hess)
 
 
 # --------------------------------------------------------------------------------- baselines

@@ -257,6 +257,54 @@ if cuda is not None:
             if write_grad:
                 grad[i, k] = scale[i, k] * hooks.element_slope(loss_code, v, t, w, pw)
 
+    # -------------------------------------------------- grad + hess (gradient boosting)
+
+    @cuda.jit
+    def _softmax_grad_hess_kernel(x, target, sparse, weight, has_weight, keep, eps_c,
+                                  hessian_scale, min_hessian, grad, hess):
+        """grad_c = (A p_c - q_c) w, hess_c = floor(hessian_scale A p_c (1 - p_c) w) with
+        q_c = (1 - eps) t_c + eps / K, A = sum_c q_c (hooks.softmax_grad_hess).  ``target``:
+        (N, 1) class indices (``sparse``) or (N, K) probabilities; ``grad`` and ``hess``:
+        (N, K) in C or Fortran order."""
+        sm_m = cuda.shared.array(MAX_THREADS, float64)
+        sm_s = cuda.shared.array(MAX_THREADS, float64)
+        n, c = x.shape
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+            y = int64(target[i, 0]) if sparse else int64(-1)
+            m, s = _row_max_sum(x, i, c, tid, nt, 0.0, 1.0, sm_m, sm_s)
+            bad = hooks.poisoned(m, s)
+            big_a = 0.0
+            for j in range(tid, c, nt):
+                t = (1.0 if j == y else 0.0) if sparse else float64(target[i, j])
+                big_a += hooks.ce_coef(t, 1.0, keep, eps_c)
+            big_a = _block_sum(big_a, tid, nt, sm_s)
+            w = weight[i] if has_weight else 1.0
+            for j in range(tid, c, nt):
+                if bad:
+                    grad[i, j] = NAN
+                    hess[i, j] = NAN
+                else:
+                    t = (1.0 if j == y else 0.0) if sparse else float64(target[i, j])
+                    p = math.exp(float64(x[i, j]) - m) / s
+                    g, h = hooks.softmax_grad_hess(p, hooks.ce_coef(t, 1.0, keep, eps_c),
+                                                   big_a, w, hessian_scale, min_hessian)
+                    grad[i, j] = g
+                    hess[i, j] = h
+            cuda.syncthreads()
+
+    @cuda.jit
+    def _binary_grad_hess_kernel(x, target, weight, has_weight, hessian_scale, min_hessian,
+                                 grad, hess):
+        """One thread per score (hooks.bce_grad_hess)."""
+        for k in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            w = weight[k] if has_weight else 1.0
+            g, h = hooks.bce_grad_hess(float64(x[k]), float64(target[k]), w, hessian_scale,
+                                       min_hessian)
+            grad[k] = g
+            hess[k] = h
+
     # -------------------------------------------------- transforms
 
     @cuda.jit
@@ -290,7 +338,7 @@ if cuda is not None:
 
 
 KERNELS = ("_softmax_linear_kernel", "_softmax_fn_kernel", "_elementwise_kernel",
-           "_softmax_kernel")
+           "_softmax_kernel", "_softmax_grad_hess_kernel", "_binary_grad_hess_kernel")
 
 
 # ------------------------------------------------------------------------------ host side
@@ -470,3 +518,63 @@ def log_softmax(x, out, n_threads):
 
 def logsumexp(x, out, n_threads):
     _transform(2, x, out)
+
+
+class _OutputLike(_Out):
+    """:class:`_Out` for an output of any layout: a host array gets a device buffer of its
+    shape, dtype and order (C or Fortran), which :meth:`finish` copies back."""
+
+    def __init__(self, out):
+        self.host = None if is_device(out) else out
+        if self.host is None:
+            self.device = as_device_array(out)
+        else:
+            fortran = out.ndim > 1 and out.flags.f_contiguous and not out.flags.c_contiguous
+            self.device = cuda.device_array(out.shape, dtype=out.dtype,
+                                            order="F" if fortran else "C")
+
+
+def _weights(sample_weight):
+    """``(device weights, has_weight)``."""
+    if sample_weight is None:
+        return as_device(np.zeros(1)), False
+    return as_device(sample_weight), True
+
+
+def cross_entropy_grad_hess(x, target, sample_weight, label_smoothing, hessian_scale,
+                            min_hessian, grad, hess, n_threads):
+    """``grad`` and ``hess``: host or GPU arrays, C- or Fortran-ordered (the kernel indexes
+    them, whatever their strides)."""
+    d_x = as_device(x)
+    n, c = d_x.shape
+    if n == 0:
+        return
+    sparse = len(target.shape) == 1
+    d_target = as_device(target)
+    if sparse:
+        d_target = _index_rows(d_target, n)
+    d_weight, has_weight = _weights(sample_weight)
+    out_grad, out_hess = _OutputLike(grad), _OutputLike(hess)
+    eps = float(label_smoothing)
+    _softmax_grad_hess_kernel[_launch_rows(n)](
+        d_x, d_target, sparse, d_weight, has_weight, 1.0 - eps, eps / c, float(hessian_scale),
+        float(min_hessian), out_grad.device, out_hess.device)
+    out_grad.finish()
+    out_hess.finish()
+
+
+def binary_cross_entropy_grad_hess(x, target, sample_weight, hessian_scale, min_hessian, grad,
+                                   hess, n_threads):
+    d_x = as_device(x)
+    n = d_x.shape[0]
+    if n == 0:
+        return
+    d_weight, has_weight = _weights(sample_weight)
+    out_grad, out_hess = _OutputLike(grad), _OutputLike(hess)
+    threads = min(THREADS_PER_BLOCK, MAX_THREADS)
+    blocks = max(1, min((n + threads - 1) // threads, MAX_BLOCKS))
+    _binary_grad_hess_kernel[blocks, threads](
+        d_x, as_device(target), d_weight, has_weight, float(hessian_scale), float(min_hessian),
+        out_grad.device, out_hess.device)
+    out_grad.finish()
+    out_hess.finish()

@@ -22,8 +22,10 @@ import types
 
 INF = math.inf
 NAN = math.nan
-# A compiler may put its own implementation here (numba_math: a tanh LLVM can vectorise).
+# A compiler may put its own implementations here (numba_math: a tanh LLVM can vectorise, and
+# its vectorisable exp, which serves arguments <= 0 only: ``exp_neg``).
 tanh = math.tanh
+exp_neg = math.exp
 
 
 # ----------------------------------------------------------------------------- online softmax
@@ -95,10 +97,10 @@ def weighted(a, v):
     return a * v if a != 0.0 else 0.0
 
 
-def gap_sum(big_a, az, m):
-    """``sum_c a_c (m - z_c)`` from ``A = sum_c a_c`` and ``sum_c a_c z_c`` (taken before the
-    row max was known)."""
-    return big_a * m - az
+def shift_gap(big_a, gap0, m, m0):
+    """``sum_c a_c (m - z_c)`` from ``gap0 = sum_c a_c (m0 - z_c)`` taken against ``m0``
+    (the same row max, so the correction ``A (m - m0)`` is 0; kept for safety)."""
+    return gap0 + big_a * (m - m0) if m != m0 else gap0
 
 
 def linear_loss(big_a, a_gap, const, log_s):
@@ -185,19 +187,62 @@ def element_slope(loss_code, v, t, w, pos_weight):
     return mse_slope(v, t)
 
 
+# ----------------------------------------------------------------------------- grad + hess
+#
+# The gradient and the diagonal of the Hessian for gradient boosting
+# (reference.cross_entropy_grad_hess, reference.binary_cross_entropy_grad_hess).
+
+def floor_hessian(h, min_hessian):
+    """``h`` raised to ``min_hessian``; a NaN stays NaN (``max`` would not say which)."""
+    return min_hessian if h < min_hessian else h
+
+
+def softmax_grad_hess(p, q, big_a, w, hessian_scale, min_hessian):
+    """``(grad, hess)`` of one class of a softmax cross-entropy row: ``(A p - q) w`` and the
+    floored ``hessian_scale A p (1 - p) w`` (``q`` the smoothed target ``ce_coef(t, 1, ...)``,
+    ``A = sum_c q_c``, ``w`` the sample weight).  An impossible class (``p = 0``) gets
+    ``-q w`` and ``min_hessian``."""
+    g = (big_a * p - q) * w
+    h = floor_hessian(hessian_scale * big_a * p * (1.0 - p) * w, min_hessian)
+    return g, h
+
+
+def sigmoid_pair(v):
+    """``(sigmoid(v), sigmoid(-v))``, both to full relative accuracy, from one exp:
+    ``e = exp(-|v|)``, ``1 / (1 + e)`` and ``e / (1 + e)`` (swapped for ``v < 0``).  ``+inf``
+    gives ``(1, 0)``, ``-inf`` ``(0, 1)``, NaN NaN."""
+    e = exp_neg(-abs(v))
+    big = 1.0 / (1.0 + e)
+    small = e / (1.0 + e)
+    if v >= 0.0:
+        return big, small
+    return small, big
+
+
+def bce_grad_hess(v, t, w, hessian_scale, min_hessian):
+    """``(grad, hess)`` of the sigmoid binary cross-entropy of a score ``v``, target ``t`` and
+    weight ``w``: ``((1 - t) sigmoid(v) - t sigmoid(-v)) w`` and the floored
+    ``hessian_scale sigmoid(v) sigmoid(-v) w``."""
+    s_pos, s_neg = sigmoid_pair(v)
+    g = ((1.0 - t) * s_pos - t * s_neg) * w
+    h = floor_hessian(hessian_scale * s_pos * s_neg * w, min_hessian)
+    return g, h
+
+
 # ----------------------------------------------------------------------------- compilation
 
 HOOKS = ("fold", "poisoned", "poisoned_lse", "transform", "ce_coef",
-         "target_prob", "target_t_log_t", "weighted", "gap_sum", "linear_loss", "p_coef",
+         "target_prob", "target_t_log_t", "weighted", "shift_gap", "linear_loss", "p_coef",
          "p_term", "p_phi", "softplus", "sigmoid", "bce_value", "bce_slope", "mse_value",
-         "mse_slope", "element_value", "element_slope")
+         "mse_slope", "element_value", "element_slope", "floor_hessian", "softmax_grad_hess",
+         "sigmoid_pair", "bce_grad_hess")
 
 
 def compile_hooks(decorate, name, **replace):
     """A module holding every hook compiled by ``decorate`` (``njit(...)`` or
     ``cuda.jit(device=True, ...)``).  Each hook is rebuilt over a namespace in which the other
     hooks are the compiled ones, so a hook that calls another calls the compiled version;
-    ``replace`` swaps other names of that namespace (``tanh=...``).  Kernels call
+    ``replace`` swaps other names of that namespace (``tanh=...``, ``exp_neg=...``).  Kernels call
     ``module.hook(...)``: Numba resolves (and inlines) module attributes at compile time."""
     namespace = dict(globals())
     namespace.update(replace)

@@ -202,7 +202,7 @@ def vtanh(u):
 
 # The loss math of numba_hooks, compiled for the CPU: kernels call ``hooks.name(...)``.
 hooks = numba_hooks.compile_hooks(njit(**INLINE), "fastloss._ext.numba_math.hooks",
-                                  tanh=vtanh)
+                                  tanh=vtanh, exp_neg=vexp)
 
 
 # Loops below index blocks taken as slices (``row[start:stop]``, then ``range(len)``): Numba
