@@ -24,6 +24,7 @@ from ._api import (
 )
 from ._backends import backends
 from ._capi import get_include, get_lib_dir, header_version
+from ._grad_hess import binary_cross_entropy_grad_hess, cross_entropy_grad_hess
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
 __version__ = header_version()
@@ -32,9 +33,11 @@ __all__ = [
     "backends",
     "get_include",
     "get_lib_dir",
+    "binary_cross_entropy_grad_hess",
     "binary_cross_entropy_with_logits",
     "binary_cross_entropy_with_logits_with_grad",
     "cross_entropy",
+    "cross_entropy_grad_hess",
     "cross_entropy_with_grad",
     "entropy",
     "entropy_with_grad",
