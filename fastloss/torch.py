@@ -14,10 +14,11 @@ pass ``torch.library.opcheck``.
 * ``kl_div_with_logits(logits, target)`` is ``F.kl_div(F.log_softmax(logits, -1), target)``
   (``reduction="none"`` gives one value per row); ``softmax_mse`` and ``entropy`` are
   fastloss's own.
-* fastloss's options: ``z_loss``, ``softcap``, ``temperature`` (cross-entropy), ``backend``, ``n_threads`` (default
-  ``torch.get_num_threads()``) and ``inplace_backward=True``, which writes the gradient over
-  the logits' storage (``out=logits``): no gradient buffer is allocated, and **the logits
-  are consumed** (their values are gone after the forward; autograd raises if another op
+* fastloss's options: ``z_loss``, ``softcap``, ``temperature`` (cross-entropy),
+  ``backend``, ``n_threads`` (default ``torch.get_num_threads()``) and
+  ``inplace_backward=True``, which writes the gradient over the logits' storage
+  (``out=logits``): no gradient buffer is allocated, and **the logits are consumed** (their
+  values are gone after the forward; autograd raises if another op
   saved them for its own backward).  Under ``torch.compile`` the results are the same;
   whether the buffer is really shared is then up to the compiler's re-inplacing.
 * CPU tensors reach the kernels without a copy; float16 / bfloat16 are computed in float32
