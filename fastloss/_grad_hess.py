@@ -146,22 +146,6 @@ def _compute_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
-def _kernel_module(backend, kernel: str, device: bool):
-    """The backend module that runs ``kernel``.
-
-    Until every backend has the ``*_grad_hess`` kernels, ``backend="auto"`` falls back to the
-    ``numpy`` backend when the backend it resolves to lacks them (TODO: remove once the
-    numba, cython and cuda backends have them); an explicit backend without them is an error.
-    """
-    name, module = _backends.resolve(backend, device=device)
-    if hasattr(module, kernel):
-        return name, module
-    if backend == "auto" and not device:
-        return _backends.resolve("numpy")
-    raise ValueError(f"backend {name!r} has no {kernel} kernel yet; use backend='numpy', "
-                     "or backend='auto' to fall back to it")
-
-
 def _empty(module, shape, dtype, order_):
     """An output of the backend (host or GPU) laid out in ``order_`` (a Fortran-ordered
     array is the transpose of a C-ordered one)."""
@@ -218,7 +202,7 @@ def _grad_hess(kernel, raw, target, weight, smoothing, scale, floor, dtype, orde
     inputs = [("raw", raw), ("target", target)]
     out = _out_pair(out, shape, dtype, order_, raw, inputs)
 
-    _, module = _kernel_module(backend, kernel, device)
+    _, module = _backends.resolve(backend, device=device)
     # the compute dtype: the wider of the raw scores' and the output's (float16 -> float32)
     compute = max(_compute_dtype(raw.dtype), _compute_dtype(dtype), key=lambda d: d.itemsize)
     if device and (compute != raw.dtype or dtype != compute):

@@ -62,6 +62,19 @@ class Kernels(Protocol):
             grad: Array | None, n_threads: int) -> None:
         """Elementwise squared error."""
 
+    def cross_entropy_grad_hess(self, x: Array, target: Array, sample_weight: Array | None,
+                                label_smoothing: float, hessian_scale: float,
+                                min_hessian: float, grad: Array, hess: Array,
+                                n_threads: int) -> None:
+        """Gradient and diagonal Hessian per element of the softmax cross-entropy;
+        ``grad``/``hess`` in C or Fortran order."""
+
+    def binary_cross_entropy_grad_hess(self, x: Array, target: Array,
+                                       sample_weight: Array | None, hessian_scale: float,
+                                       min_hessian: float, grad: Array, hess: Array,
+                                       n_threads: int) -> None:
+        """Gradient and Hessian of the sigmoid cross-entropy, ``(N,)`` arrays."""
+
     def softmax(self, x: Array, out: Array, n_threads: int) -> None: ...
 
     def log_softmax(self, x: Array, out: Array, n_threads: int) -> None: ...
