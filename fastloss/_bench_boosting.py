@@ -26,33 +26,15 @@ import numpy as np
 from . import _backends
 from ._grad_hess import cross_entropy_grad_hess
 
-_copy2 = None
-
 
 def _limit_fn(n_threads):
     """``(name, fn(src, dst1, dst2))``: the memory limit of a read-once, write-twice pass."""
-    global _copy2
-    try:
-        from numba import njit
-
-        from ._ext._threads import run_ranges
-    except ImportError:
+    if not _backends.available("numba"):
         return "2 x np.copyto", lambda src, a, b: (np.copyto(a, src), np.copyto(b, src))
-    if _copy2 is None:
-        @njit(nogil=True, cache=False)
-        def copy2(lo, hi, src, a, b):
-            for i in range(lo, hi):
-                for k in range(src.shape[1]):
-                    v = src[i, k]
-                    a[i, k] = v
-                    b[i, k] = v
+    from ._ext import numba_cpu
 
-        _copy2 = copy2
-
-    def run(src, a, b):
-        run_ranges(_copy2, src.shape[0], src.shape[1], n_threads, src, a, b)
-
-    return "parallel copy into both", run
+    return "parallel copy into both", (
+        lambda src, a, b: numba_cpu.parallel_copy_twice(src, a, b, n_threads))
 
 
 def numpy_softprob(raw, label):
