@@ -173,12 +173,18 @@ def _limits(threads=None):
                 lambda src, out: numba_cpu.parallel_read(src, out, n_threads))
     return (lambda src, dst: np.copyto(dst, src)), (lambda src, out: np.sum(src, axis=1, out=out))
 
+def parse_shapes(text):
+    """``"2048x32768,512x128256"`` -> ``[(2048, 32768), (512, 128256)]`` (any number of
+    dimensions: ``NxHxV`` for the linear workload); ``None`` for no text."""
+    if not text:
+        return None
+    return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")]
+
+
 def _shapes(options, default):
     if options.quick:
         return QUICK_SHAPES
-    if options.shapes:
-        return [tuple(int(v) for v in s.lower().split("x")) for s in options.shapes.split(",")]
-    return default
+    return parse_shapes(options.shapes) or default
 
 
 def _dtypes(options):

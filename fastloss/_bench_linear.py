@@ -234,10 +234,6 @@ def format_rows(rows) -> str:
     return "\n".join(lines)
 
 
-def _parse_shapes(text: str):
-    return tuple(tuple(int(d) for d in s.lower().split("x")) for s in text.split(","))
-
-
 def main(args=None) -> int:
     """``python -m fastloss._bench_linear [--shapes NxHxV,...] [--dtype] [--threads]``, or
     ``python -m fastloss bench --workload linear`` with an argparse namespace of the same
@@ -251,7 +247,9 @@ def main(args=None) -> int:
         parser.add_argument("--threads", type=int)
         parser.add_argument("--repeats", type=int, default=3)
         args = parser.parse_args(args)
-    shapes = _parse_shapes(args.shapes) if args.shapes else DEFAULT_SHAPES
+    from ._bench import parse_shapes
+
+    shapes = parse_shapes(args.shapes) or DEFAULT_SHAPES
     dtype = "float32" if args.dtype == "both" else args.dtype
     rows = run(shapes, dtype, args.threads, repeats=getattr(args, "repeats", 3))
     print(format_rows(rows))

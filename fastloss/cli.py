@@ -36,6 +36,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from . import _bench
+
     if args.workload == "linear":  # fused linear + cross-entropy, shapes NxHxV
         from . import _bench_linear
 
@@ -43,24 +45,17 @@ def cmd_bench(args) -> int:
     if args.workload == "boosting":  # gradient + Hessian objectives
         from . import _bench_boosting
 
-        shapes = _bench_shapes(args.shapes) or ((100000, 10), (10000, 1000))
+        shapes = _bench.parse_shapes(args.shapes) or ((100000, 10), (10000, 1000))
         _bench_boosting.bench(shapes, "float32" if args.dtype == "both" else args.dtype,
                               args.threads)
         return 0
     if args.workload == "adapters":  # fastloss.torch / fastloss.jax against their peers
         from . import _bench_adapters
 
-        shape = (_bench_shapes(args.shapes) or [(2048, 32768)])[0]
+        shape = (_bench.parse_shapes(args.shapes) or [(2048, 32768)])[0]
         return _bench_adapters.main([str(shape[0]), str(shape[1])]
                                     + ([str(args.threads)] if args.threads else []))
-    from . import _bench
-
     return _bench.main(args)
-
-
-def _bench_shapes(text):
-    return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")] if text \
-        else None
 
 
 def cmd_demo(args) -> int:

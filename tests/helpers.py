@@ -5,14 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def reduce_rows(loss_rows, reduction, denominator):
-    """The reduction of the public API applied to unreduced reference values."""
-    if reduction == "none":
-        return loss_rows
-    total = np.sum(loss_rows)
-    return total / denominator if reduction in ("mean", "batchmean") else total
-
-
 def central_difference(f, x, h=1e-4):
     """4th-order central differences of the unreduced loss ``f(x)`` (one value per row, or
     per element), perturbing one class column of every row at a time.
