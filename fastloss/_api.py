@@ -138,6 +138,84 @@ def _loss(name, want_grad, logits, target, options, reduction, backend, n_thread
     return results[0] if len(results) == 1 else tuple(results)
 
 
+def _is(value, default) -> bool:
+    """``value`` is a plain Python number equal to the option's default."""
+    return type(value) in (int, float) and value == default
+
+
+def _default_ce_options(weight, ignore_index, label_smoothing, z_loss, softcap, temperature,
+                        return_z_loss) -> bool:
+    return (weight is None and softcap is None and return_z_loss is False
+            and _is(ignore_index, -100) and _is(label_smoothing, 0.0) and _is(z_loss, 0.0)
+            and _is(temperature, 1.0))
+
+
+_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INT64 = np.dtype(np.int64)
+_FAST_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad, out):
+    """The common call, with fewer steps: C-contiguous 2-D float32/float64 logits in native
+    byte order, a 1-D int64 array of class indices all in ``[0, C)``, default options, no
+    ``grad_output``, ``backend="auto"`` resolving to a CPU backend.  Returns what
+    :func:`_loss` would (bit for bit: the same kernel and the same reduction), or ``None``
+    when the call is not that common case; the general driver then validates it (and raises
+    the errors).  Every check of the general path that can fail for such a call is made here
+    too (``out``'s shape, dtype, layout and writeability; ``n_threads``; ``reduction``)."""
+    if (type(logits) is not np.ndarray or type(target) is not np.ndarray
+            or logits.ndim != 2 or target.ndim != 1 or target.dtype != _INT64
+            or logits.dtype not in _FAST_DTYPES or not logits.flags.c_contiguous
+            or not target.flags.c_contiguous or backend != "auto"
+            or reduction not in _FAST_REDUCTIONS or _backends.ENV_VAR in _backends.os.environ
+            or (n_threads is not None and (type(n_threads) is not int or n_threads < 1))):
+        return None
+    n_rows, n_cols = logits.shape
+    if n_rows == 0 or n_cols == 0 or target.shape[0] != n_rows:
+        return None
+    if out is not None and (type(out) is not np.ndarray or out.shape != logits.shape
+                            or out.dtype != logits.dtype or not out.flags.c_contiguous
+                            or not out.flags.writeable):
+        return None
+    # negative indices become huge unsigned ones: one comparison checks both bounds
+    if int(target.view(np.uint64).max()) >= n_cols:
+        return None
+    module = _backends._load(_backends.auto_cpu())[0]
+    threads = n_threads or _backends.default_threads()
+    loss_rows = np.empty(n_rows)
+    if want_grad:
+        value = 1.0 / n_rows if reduction == "mean" else 1.0
+        scale = np.full(n_rows, value)
+        grad = out if out is not None else np.empty((n_rows, n_cols), logits.dtype)
+    else:
+        scale = grad = None
+    module.cross_entropy(logits, target, _ONES.get(n_cols), -100, 0.0, 0.0, 1.0, 0.0, scale,
+                         loss_rows, None, grad, threads)
+    dtype = logits.dtype.type
+    if reduction == "none":
+        loss = loss_rows.astype(logits.dtype)
+    else:
+        total = float(np.sum(loss_rows, dtype=np.float64))
+        loss = dtype(total * (1.0 / n_rows) if reduction == "mean" else total)
+    return (loss, grad) if want_grad else loss
+
+
+class _Ones(dict):
+    """float64 arrays of ones, one per class count (the kernels' unit weights; they only
+    read them)."""
+
+    def get(self, n: int) -> np.ndarray:
+        ones = dict.get(self, n)
+        if ones is None:
+            ones = np.ones(n)
+            if len(self) < 64:
+                self[n] = ones
+        return ones
+
+
+_ONES = _Ones()
+
+
 def _reduce(call, rows, inv_denominator):
     """Unreduced float64 values -> the float64 loss: a fixed-order sum, then the mean."""
     if call.reduction == "none":
@@ -243,6 +321,11 @@ def cross_entropy(logits, target, *, weight=None, ignore_index: int = -100,
     >>> print(float(z))   # log-probabilities: every row's log-sum-exp is 0
     0.0
     """
+    if _default_ce_options(weight, ignore_index, label_smoothing, z_loss, softcap,
+                           temperature, return_z_loss):
+        fast = _fast_cross_entropy(logits, target, reduction, backend, n_threads, False, None)
+        if fast is not None:
+            return fast
     return _loss("cross_entropy", False, logits, target, locals(), reduction, backend,
                  n_threads, return_z_loss=return_z_loss)
 
@@ -287,6 +370,12 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index: int = 
     >>> print(round(float(loss), 6), np.round(grad, 6))
     0.223144 [[-0.2  0.1  0.1]]
     """
+    if grad_output is None and _default_ce_options(weight, ignore_index, label_smoothing,
+                                                   z_loss, softcap, temperature,
+                                                   return_z_loss):
+        fast = _fast_cross_entropy(logits, target, reduction, backend, n_threads, True, out)
+        if fast is not None:
+            return fast
     return _loss("cross_entropy", True, logits, target, locals(), reduction, backend,
                  n_threads, grad_output, out, return_z_loss)
 

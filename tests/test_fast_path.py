@@ -1,0 +1,144 @@
+"""The common cross-entropy call's shorter path (``fastloss._api._fast_cross_entropy``).
+
+It must give bit-identical results to the general driver, be taken exactly for the calls it
+is meant for, and leave every other call (and every error) to the general driver.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+from fastloss import _api
+
+
+def _general(want_grad, logits, target, reduction="mean", out=None, n_threads=None):
+    """The same call through the general driver."""
+    options = dict(weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
+                   softcap=None, temperature=1.0)
+    return _api._loss("cross_entropy", want_grad, logits, target, options, reduction, "auto",
+                      n_threads, None, out)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the calls the short path answered."""
+    taken = []
+    original = _api._fast_cross_entropy
+
+    def wrapped(*args):
+        result = original(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_api, "_fast_cross_entropy", wrapped)
+    return taken
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (1, 1), (3, 1), (257, 37), (40, 5000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_bit_identical_to_the_general_driver(shape, dtype, reduction, spy):
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    fast_loss = fl.cross_entropy(x, t, reduction=reduction)
+    loss, grad = fl.cross_entropy_with_grad(x, t, reduction=reduction)
+    out = np.full_like(x, np.nan)
+    loss_out, grad_out = fl.cross_entropy_with_grad(x, t, reduction=reduction, out=out)
+    assert spy == [True, True, True]
+    want = _general(False, x, t, reduction)
+    want_loss, want_grad = _general(True, x, t, reduction)
+    for got in (fast_loss, loss, loss_out):
+        assert np.asarray(got).dtype == np.asarray(want).dtype
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want_loss, want)
+    assert grad_out is out
+    for got in (grad, grad_out):
+        assert got.dtype == x.dtype and got.shape == x.shape
+        np.testing.assert_array_equal(got, want_grad)
+
+
+def test_in_place_and_thread_counts(spy):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 200))
+    t = rng.integers(0, 200, 300)
+    want_loss, want_grad = _general(True, x, t)
+    for n_threads in (1, 2, 3):
+        y = x.copy()
+        loss, grad = fl.cross_entropy_with_grad(y, t, out=y, n_threads=n_threads)
+        assert grad is y
+        assert loss == want_loss
+        np.testing.assert_array_equal(y, want_grad)
+    assert spy == [True] * 3
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda x, t: fl.cross_entropy(x, t, ignore_index=2), id="ignore_index"),
+    pytest.param(lambda x, t: fl.cross_entropy(x, t, label_smoothing=0.1), id="smoothing"),
+    pytest.param(lambda x, t: fl.cross_entropy(x, t, label_smoothing=np.float64(0.0)),
+                 id="numpy-scalar-option"),
+    pytest.param(lambda x, t: fl.cross_entropy(x, t, temperature=True), id="bool-option"),
+    pytest.param(lambda x, t: fl.cross_entropy(x, t.astype(np.int32)), id="int32-target"),
+    pytest.param(lambda x, t: fl.cross_entropy(x[:, ::2], t % 2), id="strided-logits"),
+    pytest.param(lambda x, t: fl.cross_entropy(x.astype(">f8"), t), id="byte-order"),
+    pytest.param(lambda x, t: fl.cross_entropy(x[None], t[None]), id="3-d"),
+    pytest.param(lambda x, t: fl.cross_entropy(x, t, backend="numpy"), id="backend"),
+    pytest.param(lambda x, t: fl.cross_entropy_with_grad(x, t, grad_output=2.0),
+                 id="grad_output"),
+    pytest.param(lambda x, t: fl.cross_entropy_with_grad(x, t, out=np.empty((8, 5), ">f8")),
+                 id="out-byte-order"),
+])
+def test_other_calls_take_the_general_path(call, spy):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 5))
+    t = rng.integers(0, 5, 8)
+    try:
+        call(x, t)
+    except (TypeError, ValueError):
+        pass  # some are bad calls: the general driver's errors
+    assert not any(spy)
+
+
+@pytest.mark.parametrize("target, error, message", [
+    (np.array([0, 1, 5]), IndexError, r"target 5 at position 2 is out of range"),
+    (np.array([0, -1, 2]), IndexError, r"target -1 at position 1 is out of range"),
+    (np.array([0, 1]), ValueError, r"does not match the batch shape"),
+])
+def test_errors_come_from_the_general_driver(target, error, message):
+    x = np.zeros((3, 5), np.float32)
+    out = np.full_like(x, 7.0)
+    with pytest.raises(error, match=message):
+        fl.cross_entropy_with_grad(x, target, out=out)
+    assert (out == 7.0).all()  # nothing was written
+
+
+def test_ignored_rows_take_the_general_path_and_agree():
+    x = np.random.default_rng(2).standard_normal((6, 4))
+    t = np.array([0, -100, 3, 1, -100, 2])
+    loss, grad = fl.cross_entropy_with_grad(x, t)
+    np.testing.assert_array_equal(grad[[1, 4]], 0.0)
+    kept = t != -100
+    want = fl.cross_entropy(x[kept], t[kept], backend="numpy")
+    np.testing.assert_allclose(loss, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_threads=0), r"n_threads must be a positive integer"),
+    (dict(reduction="avg"), r"reduction"),
+    (dict(out=np.empty((3, 5), np.float64)), r"out has dtype float64"),
+    (dict(out=np.empty((5, 3), np.float32)), r"out has shape"),
+])
+def test_bad_arguments_raise_as_before(bad, message):
+    x = np.zeros((3, 5), np.float32)
+    with pytest.raises((TypeError, ValueError), match=message):
+        fl.cross_entropy_with_grad(x, np.array([0, 1, 2]), **bad)
+
+
+def test_read_only_out_is_refused():
+    x = np.zeros((3, 5), np.float32)
+    out = np.empty_like(x)
+    out.flags.writeable = False
+    with pytest.raises(ValueError):
+        fl.cross_entropy_with_grad(x, np.array([0, 1, 2]), out=out)
