@@ -429,3 +429,81 @@ def test_compiled_training_matches_eager(gen):
         np.testing.assert_allclose(losses, eager_losses, rtol=1e-5)
         for p, q in zip(params, eager_params):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# plain eager mode calls the ops' implementations directly (no dispatcher); elsewhere the ops
+
+
+EAGER_CALLS = {
+    "cross_entropy": lambda x, t: ft.cross_entropy(x, t.argmax(-1), label_smoothing=0.1),
+    "cross_entropy_none": lambda x, t: ft.cross_entropy(x, t.argmax(-1), reduction="none"),
+    "bce": lambda x, t: ft.binary_cross_entropy_with_logits(x, t.sigmoid()),
+    "kl": lambda x, t: ft.kl_div_with_logits(x, t.softmax(-1), reduction="batchmean"),
+    "softmax_mse": lambda x, t: ft.softmax_mse(x, t.softmax(-1), reduction="none"),
+    "entropy": lambda x, t: ft.entropy(x),
+    "mse": lambda x, t: ft.mse_loss(x, t, reduction="sum"),
+}
+
+
+def _loss_and_grad(call, x, t, go):
+    a = x.detach().clone().requires_grad_()
+    loss = call(a, t)
+    (loss * go(loss)).sum().backward()
+    return loss.detach(), a.grad, loss.grad_fn
+
+
+@pytest.mark.parametrize("name", EAGER_CALLS)
+def test_eager_path_is_bit_identical_to_the_op(name, gen, monkeypatch):
+    call = EAGER_CALLS[name]
+    x, t = _logits(gen, N, C).float(), _logits(gen, N, C).float()
+
+    def go(loss):
+        return torch.linspace(0.5, 2.0, loss.numel()).reshape(loss.shape)
+
+    loss, grad, fn = _loss_and_grad(call, x, t, go)
+    assert type(fn).__name__ == "_EagerBackward"
+    monkeypatch.setattr(ft, "_plain_eager", lambda *tensors: False)
+    loss_op, grad_op, fn_op = _loss_and_grad(call, x, t, go)
+    assert type(fn_op).__name__ != "_EagerBackward"
+    torch.testing.assert_close(loss, loss_op, rtol=0, atol=0)
+    torch.testing.assert_close(grad, grad_op, rtol=0, atol=0)
+
+
+def test_eager_path_only_in_plain_eager_mode(gen):
+    x = _logits(gen, N, C).float()
+    t = torch.randint(0, C, (N,), generator=gen)
+    assert ft._plain_eager(x, t, None)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x).requires_grad_()
+        assert not ft._plain_eager(fake, mode.from_tensor(t))
+        loss = ft.cross_entropy(fake, mode.from_tensor(t))  # the op's fake implementation
+        assert loss.shape == ()
+    with torch.overrides.TorchFunctionMode():
+        assert not ft._plain_eager(x, t)
+
+    def inside_grad(y):
+        assert not ft._plain_eager(y, t)
+        return y.sum()
+
+    torch.func.grad(inside_grad)(x)
+
+
+def test_eager_path_without_grad_and_with_retained_graph(gen):
+    x = _logits(gen, N, C).float()
+    t = torch.randint(0, C, (N,), generator=gen)
+    with torch.no_grad():
+        loss = ft.cross_entropy(x.requires_grad_(), t)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, F.cross_entropy(x.detach(), t))
+    x.grad = None
+    loss = ft.cross_entropy(x, t, reduction="sum")
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+    with pytest.raises(RuntimeError, match="double backward"):
+        y = x.detach().requires_grad_()
+        (g,) = torch.autograd.grad(ft.cross_entropy(y, t), y, create_graph=True)
