@@ -24,6 +24,8 @@ pass ``torch.library.opcheck``.
 * CPU tensors reach the kernels without a copy; float16 / bfloat16 are computed in float32
   and give their gradient in their own dtype.  CUDA tensors go to fastloss's ``cuda``
   backend through ``__cuda_array_interface__`` (not yet run on a GPU).
+* ``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, ...)``: the
+  fused language-model head (:func:`fastloss.linear_cross_entropy`) with autograd, CPU only.
 * Gradients flow to the logits only: a target or weight that requires grad is an error;
   double backward (``create_graph=True``) is not supported.
 """
@@ -50,6 +52,7 @@ __all__ = [
     "softmax_mse",
     "entropy",
     "mse_loss",
+    "linear_cross_entropy",
     "CrossEntropyLoss",
     "BCEWithLogitsLoss",
     "KLDivWithLogitsLoss",
@@ -552,6 +555,169 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
     _no_grad_needed("mse_loss", target=target)
     return _run(_mse_op, input, target, reduction, _wants_grad(input), backend,
                 n_threads or 0)
+
+
+# --------------------------------------------------------------------------------------------
+# fused linear + cross-entropy (the language-model head)
+
+
+def _lce_arrays(input, linear_weight, target, linear_bias):
+    """Host arrays in the compute dtype (float16/bfloat16 upcast to float32) and that dtype."""
+    for name, t in (("input", input), ("linear_weight", linear_weight),
+                    ("linear_bias", linear_bias), ("target", target)):
+        if t is not None and t.is_cuda:
+            raise NotImplementedError(
+                f"fastloss.torch.linear_cross_entropy runs on the CPU (NumPy's BLAS); {name} "
+                "is a CUDA tensor")
+    x, w = _compute(input), _compute(linear_weight)
+    b = None if linear_bias is None else _compute(linear_bias)
+    return x, w, b, _as(target, x.dtype)
+
+
+def _lce_kwargs(weight, ignore_index, label_smoothing, reduction, z_loss, softcap,
+                temperature, chunk_size, backend, n_threads, soft: bool) -> dict:
+    kw = _ce_kwargs(weight, ignore_index, label_smoothing, reduction, z_loss, softcap,
+                    temperature, soft)
+    return dict(kw, chunk_size=chunk_size or None, backend=backend,
+                n_threads=_threads(n_threads))
+
+
+def _placeholder_or(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return t if t is not None else like.new_empty(_NO_GRAD)
+
+
+def _as_dtype(a: np.ndarray, like: Tensor) -> Tensor:
+    return torch.from_numpy(a).to(like.dtype)
+
+
+@torch.library.custom_op("fastloss::linear_cross_entropy", mutates_args=())
+def _linear_ce_op(input: Tensor, linear_weight: Tensor, target: Tensor,
+                  linear_bias: Optional[Tensor], weight: Optional[Tensor], ignore_index: int,
+                  label_smoothing: float, reduction: str, z_loss: float, softcap: float,
+                  temperature: float, chunk_size: int, want_grad: bool, backend: str,
+                  n_threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, grad_input, grad_linear_weight, grad_linear_bias) from one chunked pass; the
+    gradients (for ``grad_output = 1``) are empty placeholders unless ``want_grad``."""
+    x, w, b, t = _lce_arrays(input, linear_weight, target, linear_bias)
+    kw = _lce_kwargs(weight, ignore_index, label_smoothing, reduction, z_loss, softcap,
+                     temperature, chunk_size, backend, n_threads, t.dtype.kind == "f")
+    arrays = (x.numpy(), w.numpy(), t)
+    bias = None if b is None else b.numpy()
+    if not want_grad:
+        loss = fastloss.linear_cross_entropy(*arrays, linear_bias=bias, **kw)
+        return (_loss_tensor(loss, input.dtype, input.device), input.new_empty(_NO_GRAD),
+                input.new_empty(_NO_GRAD), input.new_empty(_NO_GRAD))
+    loss, gx, gw, gb = fastloss.linear_cross_entropy_with_grad(*arrays, linear_bias=bias, **kw)
+    return (_loss_tensor(loss, input.dtype, input.device), _as_dtype(gx, input),
+            _as_dtype(gw, linear_weight),
+            input.new_empty(_NO_GRAD) if gb is None else _as_dtype(gb, linear_bias))
+
+
+@torch.library.custom_op("fastloss::linear_cross_entropy_backward", mutates_args=())
+def _linear_ce_backward_op(grad_output: Tensor, input: Tensor, linear_weight: Tensor,
+                           target: Tensor, linear_bias: Optional[Tensor],
+                           weight: Optional[Tensor], ignore_index: int,
+                           label_smoothing: float, z_loss: float, softcap: float,
+                           temperature: float, chunk_size: int, backend: str,
+                           n_threads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients for ``reduction="none"``: the per-row ``grad_output`` must scale each
+    row before the products, so they are computed here, in a second chunked pass."""
+    x, w, b, t = _lce_arrays(input, linear_weight, target, linear_bias)
+    kw = _lce_kwargs(weight, ignore_index, label_smoothing, "none", z_loss, softcap,
+                     temperature, chunk_size, backend, n_threads, t.dtype.kind == "f")
+    go = grad_output.detach().to("cpu", torch.float64).contiguous().numpy()
+    _, gx, gw, gb = fastloss.linear_cross_entropy_with_grad(
+        x.numpy(), w.numpy(), t, linear_bias=None if b is None else b.numpy(),
+        grad_output=go, **kw)
+    return (_as_dtype(gx, input), _as_dtype(gw, linear_weight),
+            input.new_empty(_NO_GRAD) if gb is None else _as_dtype(gb, linear_bias))
+
+
+@_linear_ce_op.register_fake
+def _(input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
+      reduction, z_loss, softcap, temperature, chunk_size, want_grad, backend, n_threads):
+    loss = input.new_empty(() if reduction != "none" else input.shape[:-1])
+    grads = want_grad and reduction != "none"
+    return (loss, input.new_empty(input.shape if grads else _NO_GRAD),
+            linear_weight.new_empty(linear_weight.shape if grads else _NO_GRAD),
+            input.new_empty(linear_bias.shape if grads and linear_bias is not None
+                            else _NO_GRAD))
+
+
+@_linear_ce_backward_op.register_fake
+def _(grad_output, input, linear_weight, target, linear_bias, *args):
+    return (input.new_empty(input.shape), linear_weight.new_empty(linear_weight.shape),
+            input.new_empty(_NO_GRAD if linear_bias is None else linear_bias.shape))
+
+
+def _lce_setup_context(ctx, inputs, output):
+    (input, linear_weight, target, linear_bias, weight, ignore_index, label_smoothing,
+     reduction, z_loss, softcap, temperature, chunk_size, want_grad, backend,
+     n_threads) = inputs
+    ctx.reduction = reduction
+    ctx.has_bias = linear_bias is not None
+    ctx.set_materialize_grads(False)
+    if reduction == "none":  # the gradients come from a second pass, scaled per row
+        ctx.save_for_backward(input, linear_weight, target, linear_bias, weight)
+        ctx.options = (ignore_index, label_smoothing, z_loss, softcap, temperature,
+                       chunk_size, backend, n_threads)
+    else:
+        ctx.save_for_backward(*output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+
+
+def _lce_backward(ctx, grad_loss, *_grads_of_grads):
+    nothing = (None,) * 15
+    if grad_loss is None:
+        return nothing
+    if ctx.reduction == "none":
+        input, linear_weight, target, linear_bias, weight = ctx.saved_tensors
+        gx, gw, gb = _linear_ce_backward_op(grad_loss, input, linear_weight, target,
+                                            linear_bias, weight, *ctx.options)
+    else:
+        grads = ctx.saved_tensors
+        if grads[0].shape == _NO_GRAD and grads[0].numel() == 0:
+            raise RuntimeError("fastloss.torch: the forward was run without a gradient (no "
+                               "input required grad, or grad mode was off)")
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            raise RuntimeError("fastloss.torch losses support a single backward; double "
+                               "backward (create_graph=True) is not implemented")
+        one = _is_one(grad_loss)
+        gx, gw, gb = (g if one else g * grad_loss for g in grads)
+    return (gx, gw, None, gb if ctx.has_bias else None) + nothing[4:]
+
+
+_linear_ce_op.register_autograd(_lce_backward, setup_context=_lce_setup_context)
+
+
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
+                         linear_bias: Optional[Tensor] = None,
+                         weight: Optional[Tensor] = None, ignore_index: int = -100,
+                         label_smoothing: float = 0.0, reduction: str = "mean",
+                         z_loss: float = 0.0, softcap: Optional[float] = None,
+                         temperature: float = 1.0, chunk_size: Optional[int] = None,
+                         backend: str = "auto", n_threads: Optional[int] = None) -> Tensor:
+    """``F.cross_entropy(input @ linear_weight.T + linear_bias, target)`` without the
+    ``N x V`` logits (:func:`fastloss.linear_cross_entropy`), with autograd.
+
+    ``input`` (..., H), ``linear_weight`` (V, H), ``linear_bias`` (V,), CPU tensors
+    (float32/float64; float16/bfloat16 are computed in float32); ``target``: class indices
+    of shape ``input.shape[:-1]`` or probabilities of shape ``input.shape[:-1] + (V,)``.
+    For "mean" and "sum" the forward computes the loss and all three gradients in one
+    chunked pass and backward only scales them; for "none" backward runs a second chunked
+    pass, since each row's ``grad_output`` must scale it before it is projected.
+    """
+    _no_grad_needed("linear_cross_entropy", target=target, weight=weight)
+    z_loss, softcap, temperature = _check_options(z_loss, softcap, temperature)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    want_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
+    loss, *_ = _linear_ce_op(input, linear_weight, target, linear_bias, weight,
+                             int(ignore_index), float(label_smoothing), reduction, z_loss,
+                             softcap, temperature, chunk_size or 0,
+                             want_grad and reduction != "none", backend, n_threads or 0)
+    return loss
 
 
 # --------------------------------------------------------------------------------------------

@@ -507,3 +507,129 @@ def test_eager_path_without_grad_and_with_retained_graph(gen):
     with pytest.raises(RuntimeError, match="double backward"):
         y = x.detach().requires_grad_()
         (g,) = torch.autograd.grad(ft.cross_entropy(y, t), y, create_graph=True)
+
+
+# --------------------------------------------------------------------------------------------
+# fused linear + cross-entropy
+
+
+def _lce_inputs(gen, dtype=torch.float64, n=11, h=6, v=9, bias=True):
+    x = torch.randn(n, h, generator=gen, dtype=torch.float64).to(dtype)
+    w = (torch.randn(v, h, generator=gen, dtype=torch.float64) / 2).to(dtype)
+    b = torch.randn(v, generator=gen, dtype=torch.float64).to(dtype) if bias else None
+    y = torch.randint(0, v, (n,), generator=gen)
+    y[2] = -100
+    return x, w, b, y
+
+
+def _lce_grads(loss_fn, x, w, b, go):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None
+                                                                     else ())]
+    loss = loss_fn(*leaves)
+    (loss * go(loss)).sum().backward()
+    return loss.detach(), [t.grad for t in leaves]
+
+
+LCE_OPTIONS = {
+    "plain": {},
+    "weight_smoothing": {"weight": True, "label_smoothing": 0.2},
+    "z_loss_softcap_temperature": {"z_loss": 1e-2, "softcap": 3.0, "temperature": 0.7},
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("case", LCE_OPTIONS)
+def test_linear_cross_entropy_matches_unfused(case, bias, reduction, dtype, gen):
+    """Against the adapter's own cross_entropy on ``x @ W.T + b`` (itself checked against
+    torch above), autograd through the product: values and all three gradients."""
+    x, w, b, y = _lce_inputs(gen, bias=bias)
+    options = dict(LCE_OPTIONS[case])
+    if options.pop("weight", False):
+        options["weight"] = torch.rand(9, generator=gen, dtype=torch.float64) + 0.5
+    ref_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+
+    def go(loss):
+        return torch.linspace(0.5, 2.0, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
+
+    def fused(x_, w_, b_=None):
+        return ft.linear_cross_entropy(x_, w_, y, linear_bias=b_, reduction=reduction,
+                                       chunk_size=4, **options)
+
+    def unfused(x_, w_, b_=None):
+        logits = x_ @ w_.T + (b_ if b_ is not None else 0)
+        return ft.cross_entropy(logits, y, reduction=reduction, **options)
+
+    args = [t if t is None else t.to(dtype) for t in (x, w, b)]
+    loss, grads = _lce_grads(fused, *args, go)
+    ref_args = [t if t is None else t.to(ref_dtype) for t in args]
+    ref_loss, ref_grads = _lce_grads(unfused, *ref_args, go)
+    assert loss.dtype == dtype and loss.shape == ref_loss.shape
+    _close(loss, ref_loss.to(dtype), dtype)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == dtype
+        _close(got, want.to(dtype), dtype)
+
+
+def test_linear_cross_entropy_soft_targets_and_batch_shape(gen):
+    x = torch.randn(2, 5, 6, generator=gen, dtype=torch.float64)
+    w = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    p = torch.softmax(torch.randn(2, 5, 9, generator=gen, dtype=torch.float64), -1)
+    xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = ft.linear_cross_entropy(xa, wa, p, chunk_size=3)
+    loss.backward()
+    xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = F.cross_entropy((xb @ wb.T).reshape(-1, 9), p.reshape(-1, 9))
+    ref.backward()
+    _close(loss, ref, torch.float64)
+    _close(xa.grad, xb.grad, torch.float64)
+    _close(wa.grad, wb.grad, torch.float64)
+
+
+def test_linear_cross_entropy_gradcheck_and_opcheck(gen):
+    x, w, b, y = _lce_inputs(gen, n=5, h=3, v=4)
+    for reduction in REDUCTIONS:
+        def fn(x_, w_, b_):
+            return ft.linear_cross_entropy(x_, w_, y, linear_bias=b_, reduction=reduction,
+                                           chunk_size=2, z_loss=0.01)
+        leaves = tuple(t.clone().requires_grad_() for t in (x, w, b))
+        assert torch.autograd.gradcheck(fn, leaves)
+    xl, wl, bl = (t.clone().requires_grad_() for t in (x, w, b))
+    torch.library.opcheck(torch.ops.fastloss.linear_cross_entropy,
+                          (xl, wl, y, bl, None, -100, 0.0, "mean", 0.0, 0.0, 1.0, 2, True,
+                           "auto", 0))
+    torch.library.opcheck(torch.ops.fastloss.linear_cross_entropy_backward,
+                          (torch.rand(5, dtype=torch.float64), x, w, y, b, None, -100, 0.0,
+                           0.0, 0.0, 1.0, 2, "auto", 0))
+
+
+def test_linear_cross_entropy_compiled_matches_eager(gen):
+    x, w, b, y = _lce_inputs(gen, dtype=torch.float32)
+
+    def step(x_, w_, b_):
+        return ft.linear_cross_entropy(x_, w_, y, linear_bias=b_, chunk_size=4)
+
+    eager_loss, eager_grads = _lce_grads(step, x, w, b, lambda loss: 1.0)
+    compiled = torch.compile(step, fullgraph=True)
+    loss, grads = _lce_grads(compiled, x, w, b, lambda loss: 1.0)
+    torch.testing.assert_close(loss, eager_loss)
+    for got, want in zip(grads, eager_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_linear_cross_entropy_errors(gen):
+    x, w, b, y = _lce_inputs(gen)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        ft.linear_cross_entropy(x, w, y, chunk_size=0)
+    with pytest.raises(ValueError, match="linear_weight of shape"):
+        ft.linear_cross_entropy(x, w[:, :3], y)
+    with pytest.raises(ValueError, match="gradients with respect to target"):
+        ft.linear_cross_entropy(x, w, torch.rand(11, 9, dtype=torch.float64,
+                                                 requires_grad=True))
+    with pytest.raises(RuntimeError, match="double backward"):
+        xa = x.clone().requires_grad_()
+        torch.autograd.grad(ft.linear_cross_entropy(xa, w, y), xa, create_graph=True)
+    with torch.no_grad():
+        loss = ft.linear_cross_entropy(x.requires_grad_(), w, y)
+    assert loss.grad_fn is None
