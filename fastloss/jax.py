@@ -21,8 +21,8 @@ flag per example).
 Each is a ``jax.custom_vjp`` whose forward runs fastloss's fused pass once and keeps the
 gradient it produced as the residual; the backward multiplies it by the cotangent.  The
 kernels run on the host: through XLA's FFI (a small C handler compiled at first use and
-linked to ``libfastloss``'s C API; integer-label cross-entropy in float32/float64, with every
-option) or else through ``jax.pure_callback``.  Gradients with respect to float labels /
+linked to ``libfastloss``'s C API; every loss in float32/float64, with every option) or else
+through ``jax.pure_callback``.  Gradients with respect to float labels /
 targets are computed (rarely wanted) by differentiating a jnp reference in the backward.
 float16 / bfloat16 are computed in float32.  CPU only.
 """
@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 FFI_TARGET = "fastloss_jax_ce_index"
+FFI_ROWS_TARGET = "fastloss_jax_rows"  # every other loss, reduction "none"
 # The XLA FFI C API this adapter's handler was written and tested against (jaxlib 0.10.2
 # ships 0.3).  A different major version is refused (pure_callback is used instead).
 FFI_API_TESTED = (0, 3)
@@ -148,6 +149,8 @@ def _load_ffi() -> str:
             return (f"jaxlib's XLA FFI API is {version[0]}.{version[1]}; the handler was "
                     f"written for {FFI_API_TESTED[0]}.x")
         jax.ffi.register_ffi_target(FFI_TARGET, jax.ffi.pycapsule(lib.fastloss_jax_ce_index),
+                                    platform="cpu")
+        jax.ffi.register_ffi_target(FFI_ROWS_TARGET, jax.ffi.pycapsule(lib.fastloss_jax_rows),
                                     platform="cpu")
     except (RuntimeError, OSError, AttributeError) as exc:
         return str(exc)
@@ -240,8 +243,12 @@ def _loss_shape(kind, logits, reduction):
     return logits.shape if _KINDS[kind][1] else logits.shape[:-1]
 
 
+# kind -> the `kind` code of the rows handler (src/jax_ffi.c)
+_ROWS_KINDS = {"ce_prob": 1, "bce": 2, "mse": 3, "kl": 4, "softmax_mse": 5, "entropy": 6}
+
+
 def _use_ffi(kind: str, options: dict, dtype) -> bool:
-    if kind != "ce_index" or options["backend"] not in ("auto", "cython"):
+    if options["backend"] not in ("auto", "cython"):
         return False
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
         return False
@@ -259,6 +266,8 @@ def _compute(kind: str, static: tuple, logits, target, want_grad: bool):
     reduction = options["reduction"]
     loss_sds = jax.ShapeDtypeStruct(_loss_shape(kind, logits, reduction), logits.dtype)
     results = (loss_sds, jax.ShapeDtypeStruct(logits.shape, logits.dtype))[:1 + want_grad]
+    if kind != "ce_index" and _use_ffi(kind, options, logits.dtype):
+        return _rows_ffi(kind, options, logits, target, want_grad)
     if _use_ffi(kind, options, logits.dtype):
         call = jax.ffi.ffi_call(FFI_TARGET, results, vmap_method="broadcast_all")
         return tuple(call(logits, target,
@@ -271,12 +280,57 @@ def _compute(kind: str, static: tuple, logits, target, want_grad: bool):
                           reduction=np.int64(_REDUCTION_CODES[reduction])))
     if options["implementation"] == "ffi":
         raise RuntimeError(f"fastloss.jax: implementation='ffi' cannot be used here "
-                           f"(FFI handler: {ffi_status()}; it covers integer-label "
-                           "cross-entropy in float32/float64 on the auto or cython backend)")
+                           f"(FFI handler: {ffi_status()}; it covers float32/float64 on the "
+                           "auto or cython backend)")
     host_options = tuple((k, v) for k, v in static if k != "implementation")
     fn = functools.partial(_host_call, kind, host_options, want_grad, logits.ndim)
     operands = (logits,) + ((target,) if _KINDS[kind][2] else ())
     return tuple(jax.pure_callback(fn, results, *operands, vmap_method="broadcast_all"))
+
+
+def _rows_ffi(kind: str, options: dict, logits, target, want_grad: bool):
+    """Every loss but integer-label cross-entropy through the rows handler: per-row (or
+    per-element) losses and their gradient; a reduction is then taken here, in JAX (so
+    jax.vmap batches it), and the gradient scaled by its constant derivative."""
+    elementwise = _KINDS[kind][1]
+    loss_shape = logits.shape if elementwise else logits.shape[:-1]
+    results = (jax.ShapeDtypeStruct(loss_shape, logits.dtype),
+               jax.ShapeDtypeStruct(logits.shape, logits.dtype))[:1 + want_grad]
+    attrs = dict(kind=np.int64(_ROWS_KINDS[kind]),
+                 n_threads=np.int64(options["n_threads"] or 0))
+    if kind == "ce_prob":
+        attrs.update(label_smoothing=np.float64(options["label_smoothing"]),
+                     z_loss=np.float64(options.get("z_loss", 0.0)),
+                     softcap=np.float64(options.get("softcap") or 0.0),
+                     temperature=np.float64(options.get("temperature", 1.0)))
+    if kind == "kl":
+        attrs["log_target"] = np.int64(bool(options["log_target"]))
+    operands = (logits,) + ((target,) if _KINDS[kind][2] else ())
+    call = jax.ffi.ffi_call(FFI_ROWS_TARGET, results, vmap_method="broadcast_all")
+    out = call(*operands, **attrs)
+    values = out[0]
+    reduction = options["reduction"]
+    if reduction == "none":
+        return tuple(out)
+    denominator = _denominator(kind, reduction, logits, values)
+    total = values.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32).sum()
+    loss = (total if denominator is None else total / denominator).astype(logits.dtype)
+    if not want_grad:
+        return (loss,)
+    grad = out[1] if denominator is None else out[1] * (1.0 / denominator)
+    return loss, grad.astype(logits.dtype)
+
+
+def _denominator(kind: str, reduction: str, x, values):
+    """What the reduction divides the summed values by (None for "sum"), as
+    :func:`_reduced_reference` (and fastloss's NumPy API) does."""
+    if reduction == "sum":
+        return None
+    if reduction == "batchmean":
+        return x.shape[0] if x.ndim > 1 else 1
+    if reduction == "mean" and kind == "kl":
+        return x.size
+    return values.size
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,7 +510,7 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None, *,
     where = _batch_where(where, logits.shape[:-1], "softmax_cross_entropy")
     extra = _ce_extras(z_loss, softcap, temperature)
     static = _static(n_threads, backend, reduction, "softmax_cross_entropy",
-                     label_smoothing=float(label_smoothing), implementation="callback", **extra)
+                     label_smoothing=float(label_smoothing), implementation="auto", **extra)
     return _masked(_fused("ce_prob", static, logits, labels), where, reduction,
                    "softmax_cross_entropy")
 
@@ -468,7 +522,7 @@ def sigmoid_binary_cross_entropy(logits, labels, *, reduction: str = "none",
     logits = _floating(logits, "sigmoid_binary_cross_entropy")
     labels = jnp.asarray(labels).astype(_upcast(logits).dtype)
     static = _static(n_threads, backend, reduction, "sigmoid_binary_cross_entropy",
-                     implementation="callback")
+                     implementation="auto")
     return _fused("bce", static, logits, labels)
 
 
@@ -478,7 +532,7 @@ def squared_error(predictions, targets=None, *, reduction: str = "none",
     predictions = _floating(predictions, "squared_error")
     targets = (jnp.zeros_like(predictions) if targets is None else jnp.asarray(targets))
     targets = targets.astype(_upcast(predictions).dtype)
-    static = _static(n_threads, backend, reduction, "squared_error", implementation="callback")
+    static = _static(n_threads, backend, reduction, "squared_error", implementation="auto")
     return _fused("mse", static, predictions, targets)
 
 
@@ -495,7 +549,7 @@ def kl_divergence_with_logits(logits, targets, axis=-1, where=None, *,
     where = _batch_where(where, logits.shape[:-1], "kl_divergence_with_logits")
     static = _static(n_threads, backend, reduction, "kl_divergence_with_logits",
                      allowed=("none", "batchmean", "mean", "sum"),
-                     log_target=bool(log_targets), implementation="callback")
+                     log_target=bool(log_targets), implementation="auto")
     return _masked(_fused("kl", static, logits, targets), where, reduction,
                    "kl_divergence_with_logits")
 
@@ -507,7 +561,7 @@ def softmax_mse(logits, labels, *, reduction: str = "none", n_threads: int | Non
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.floating):
         labels = labels.astype(_upcast(logits).dtype)
-    static = _static(n_threads, backend, reduction, "softmax_mse", implementation="callback")
+    static = _static(n_threads, backend, reduction, "softmax_mse", implementation="auto")
     return _fused("softmax_mse", static, logits, labels)
 
 
@@ -515,5 +569,5 @@ def entropy(logits, *, reduction: str = "none", n_threads: int | None = None,
             backend: str = "auto"):
     """Shannon entropy (nats) of ``softmax(logits)`` per example."""
     logits = _floating(logits, "entropy")
-    static = _static(n_threads, backend, reduction, "entropy", implementation="callback")
+    static = _static(n_threads, backend, reduction, "entropy", implementation="auto")
     return _fused("entropy", static, logits, None)

@@ -433,3 +433,52 @@ def test_import_fastloss_jax_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["False"]
+
+
+OTHER_LOSSES = {
+    "ce_prob": lambda x, p, i, **kw: fj.softmax_cross_entropy(
+        x, p, label_smoothing=0.1, z_loss=1e-3, softcap=5.0, temperature=0.8, **kw),
+    "bce": lambda x, p, i, **kw: fj.sigmoid_binary_cross_entropy(x, p, **kw),
+    "mse": lambda x, p, i, **kw: fj.squared_error(x, p, **kw),
+    "kl": lambda x, p, i, **kw: fj.kl_divergence_with_logits(x, p, **kw),
+    "kl_log": lambda x, p, i, **kw: fj.kl_divergence_with_logits(x, jnp.log(p),
+                                                                 log_targets=True, **kw),
+    "softmax_mse_index": lambda x, p, i, **kw: fj.softmax_mse(x, i, **kw),
+    "softmax_mse_prob": lambda x, p, i, **kw: fj.softmax_mse(x, p, **kw),
+    "entropy": lambda x, p, i, **kw: fj.entropy(x, **kw),
+}
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("name", OTHER_LOSSES)
+def test_other_losses_through_the_ffi_match_the_callback(name, reduction, dtype, rng,
+                                                         monkeypatch):
+    """Every loss lowers to the FFI rows handler (no Python callback) and gives the values
+    and gradients of the pure_callback path, under jit, value_and_grad and vmap."""
+    assert fj.ffi_status() == "available"
+    loss = OTHER_LOSSES[name]
+    x = jnp.asarray(_logits(rng, N, C), dtype=dtype)
+    p = jax.nn.softmax(jnp.asarray(rng.normal(size=(N, C)), dtype=dtype))
+    i = jnp.asarray(rng.integers(0, C, N))
+
+    def total(x):
+        return jnp.sum(loss(x, p, i, reduction=reduction) * 1.5)
+
+    step = jax.jit(jax.value_and_grad(total))
+    text = step.lower(x).as_text()
+    assert fj.FFI_ROWS_TARGET in text and "callback" not in text
+    xb = jnp.stack([x, 0.5 * x[::-1]])
+    batched = jax.jit(jax.vmap(jax.value_and_grad(total)))
+    ffi = (step(x), batched(xb))
+    monkeypatch.setattr(fj, "_use_ffi", lambda *args: False)
+    step = jax.jit(jax.value_and_grad(total))
+    assert "callback" in step.lower(x).as_text()
+    callback = (step(x), jax.jit(jax.vmap(jax.value_and_grad(total)))(xb))
+    for a, b in zip(jax.tree_util.tree_leaves(ffi), jax.tree_util.tree_leaves(callback)):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+
+
+def test_rows_handler_refuses_out_of_range_class_indices(rng):
+    x = jnp.asarray(_logits(rng, 4, 3), dtype=jnp.float32)
+    with pytest.raises(Exception, match="out of range"):
+        jax.block_until_ready(jax.jit(lambda x: fj.softmax_mse(x, jnp.array([0, 1, 3, 2])))(x))

@@ -261,3 +261,176 @@ XLA_FFI_Error *fastloss_jax_ce_index(XLA_FFI_CallFrame *frame) {
     if (loss != loss_out->data) free(loss);
     return err;
 }
+
+/* ---------------------------------------------------------------------------------------
+ * fastloss_jax_rows: every other loss, per row (or per element), reduction "none" only
+ * (fastloss.jax reduces in JAX, where jax.vmap batches the reduction for free).
+ *
+ *   args:  logits (..., C) f32/f64 [; target: the logits' shape and dtype, or, for
+ *          softmax MSE with class indices, the batch shape in s32/s64]
+ *   rets:  loss (the batch shape; the logits' shape for the elementwise kinds)
+ *          [; grad (..., C)]
+ *   attrs: kind (s64, ROWS_* below), n_threads (s64), log_target (s64, KL),
+ *          label_smoothing, z_loss, softcap, temperature (f64, cross-entropy)
+ */
+enum { ROWS_CE_PROB = 1, ROWS_BCE, ROWS_MSE, ROWS_KL, ROWS_SOFTMAX_MSE, ROWS_ENTROPY };
+
+
+static int run_rows(int kind, int f64, int64_t n, int64_t c, const void *x, const void *t,
+                    const int64_t *labels, int threads, int64_t log_target,
+                    const fastloss_cross_entropy_options *ce, void *loss, void *grad) {
+    switch (kind) {
+    case ROWS_CE_PROB:
+        return f64 ? fastloss_cross_entropy_probs_f64(n, c, x, t, ce, loss, grad)
+                   : fastloss_cross_entropy_probs_f32(n, c, x, t, ce, loss, grad);
+    case ROWS_BCE: {
+        fastloss_binary_cross_entropy_options o;
+        fastloss_binary_cross_entropy_options_init(&o);
+        o.n_threads = threads;
+        return f64 ? fastloss_binary_cross_entropy_with_logits_f64(n, c, x, t, &o, loss, grad)
+                   : fastloss_binary_cross_entropy_with_logits_f32(n, c, x, t, &o, loss, grad);
+    }
+    case ROWS_MSE: {
+        fastloss_mse_loss_options o;
+        fastloss_mse_loss_options_init(&o);
+        o.n_threads = threads;
+        return f64 ? fastloss_mse_loss_f64(n, c, x, t, &o, loss, grad)
+                   : fastloss_mse_loss_f32(n, c, x, t, &o, loss, grad);
+    }
+    case ROWS_KL: {
+        fastloss_kl_divergence_options o;
+        fastloss_kl_divergence_options_init(&o);
+        o.n_threads = threads;
+        o.log_target = log_target != 0;
+        return f64 ? fastloss_kl_divergence_f64(n, c, x, t, &o, loss, grad)
+                   : fastloss_kl_divergence_f32(n, c, x, t, &o, loss, grad);
+    }
+    case ROWS_SOFTMAX_MSE: {
+        fastloss_softmax_mse_options o;
+        fastloss_softmax_mse_options_init(&o);
+        o.n_threads = threads;
+        if (labels)
+            return f64 ? fastloss_softmax_mse_f64(n, c, x, labels, &o, loss, grad)
+                       : fastloss_softmax_mse_f32(n, c, x, labels, &o, loss, grad);
+        return f64 ? fastloss_softmax_mse_probs_f64(n, c, x, t, &o, loss, grad)
+                   : fastloss_softmax_mse_probs_f32(n, c, x, t, &o, loss, grad);
+    }
+    case ROWS_ENTROPY: {
+        fastloss_entropy_options o;
+        fastloss_entropy_options_init(&o);
+        o.n_threads = threads;
+        return f64 ? fastloss_entropy_f64(n, c, x, &o, loss, grad)
+                   : fastloss_entropy_f32(n, c, x, &o, loss, grad);
+    }
+    }
+    return FASTLOSS_E_OPTIONS;
+}
+
+static double f64_attr(const XLA_FFI_CallFrame *frame, const char *name, double fallback) {
+    const XLA_FFI_Scalar *s = scalar_attr(frame, name, XLA_FFI_DataType_F64);
+    return s ? *(const double *)s->value : fallback;
+}
+
+static int64_t s64_attr(const XLA_FFI_CallFrame *frame, const char *name, int64_t fallback) {
+    const XLA_FFI_Scalar *s = scalar_attr(frame, name, XLA_FFI_DataType_S64);
+    return s ? *(const int64_t *)s->value : fallback;
+}
+
+XLA_FFI_Error *fastloss_jax_rows(XLA_FFI_CallFrame *frame) {
+    const XLA_FFI_Api *api = frame->api;
+    char msg[256];
+    if (frame->extension_start != NULL &&
+        frame->extension_start->type == XLA_FFI_Extension_Metadata)
+        return metadata(frame);
+    if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE)
+        return invalid(api, "fastloss_jax_rows: called outside the execute stage");
+
+    const int64_t kind = s64_attr(frame, "kind", 0);
+    if (kind < ROWS_CE_PROB || kind > ROWS_ENTROPY)
+        return invalid(api, "fastloss_jax_rows: unknown kind");
+    const int elementwise = kind == ROWS_BCE || kind == ROWS_MSE;
+    const int64_t n_args = kind == ROWS_ENTROPY ? 1 : 2;
+    if (frame->args.size != n_args)
+        return invalid(api, "fastloss_jax_rows: wrong number of arguments");
+    for (int64_t i = 0; i < n_args; ++i)
+        if (frame->args.types[i] != XLA_FFI_ArgType_BUFFER)
+            return invalid(api, "fastloss_jax_rows: arguments must be buffers");
+    const XLA_FFI_Buffer *x = (const XLA_FFI_Buffer *)frame->args.args[0];
+    const XLA_FFI_Buffer *y = n_args == 2 ? (const XLA_FFI_Buffer *)frame->args.args[1] : NULL;
+    if (x->dtype != XLA_FFI_DataType_F32 && x->dtype != XLA_FFI_DataType_F64)
+        return invalid(api, "fastloss_jax_rows: logits must be float32 or float64");
+    const int f64 = x->dtype == XLA_FFI_DataType_F64;
+    const size_t item = f64 ? 8 : 4;
+    if (!elementwise && x->rank < 1)
+        return invalid(api, "fastloss_jax_rows: logits need a class axis");
+    const int64_t c = x->rank ? x->dims[x->rank - 1] : 1;
+    const int64_t n = x->rank ? elements(x, 0, x->rank - 1) : 1;
+
+    /* the target: the logits' shape and dtype, or (softmax MSE) class indices */
+    const int indices = y && (y->dtype == XLA_FFI_DataType_S32 || y->dtype == XLA_FFI_DataType_S64);
+    if (indices && kind != ROWS_SOFTMAX_MSE)
+        return invalid(api, "fastloss_jax_rows: only softmax MSE takes class indices");
+    if (y && !indices) {
+        if (y->dtype != x->dtype || y->rank != x->rank)
+            return invalid(api, "fastloss_jax_rows: target must have the logits' shape and "
+                                "dtype");
+        for (int64_t d = 0; d < x->rank; ++d)
+            if (y->dims[d] != x->dims[d])
+                return invalid(api, "fastloss_jax_rows: target must have the logits' shape");
+    }
+    if (indices && (y->rank != x->rank - 1 || elements(y, 0, y->rank) != n))
+        return invalid(api, "fastloss_jax_rows: class indices must have the batch shape");
+
+    /* results */
+    if (frame->rets.size < 1 || frame->rets.size > 2)
+        return invalid(api, "fastloss_jax_rows: returns loss, or loss and grad");
+    for (int64_t r = 0; r < frame->rets.size; ++r)
+        if (frame->rets.types[r] != XLA_FFI_RetType_BUFFER ||
+            ((XLA_FFI_Buffer *)frame->rets.rets[r])->dtype != x->dtype)
+            return invalid(api, "fastloss_jax_rows: results must be buffers of the logits' "
+                                "dtype");
+    XLA_FFI_Buffer *loss_out = (XLA_FFI_Buffer *)frame->rets.rets[0];
+    XLA_FFI_Buffer *grad_out =
+        frame->rets.size == 2 ? (XLA_FFI_Buffer *)frame->rets.rets[1] : NULL;
+    if (elements(loss_out, 0, loss_out->rank) != (elementwise ? n * c : n))
+        return invalid(api, "fastloss_jax_rows: the loss result has the wrong size");
+    if (grad_out && elements(grad_out, 0, grad_out->rank) != n * c)
+        return invalid(api, "fastloss_jax_rows: the grad result has the wrong size");
+
+    /* options */
+    const int64_t threads64 = s64_attr(frame, "n_threads", 0);
+    const int threads = threads64 > 0 ? (threads64 > 1 << 20 ? 1 << 20 : (int)threads64) : 0;
+    fastloss_cross_entropy_options ce;
+    fastloss_cross_entropy_options_init(&ce);
+    ce.n_threads = threads;
+    ce.label_smoothing = f64_attr(frame, "label_smoothing", 0.0);
+    ce.z_loss = f64_attr(frame, "z_loss", 0.0);
+    ce.softcap = f64_attr(frame, "softcap", 0.0);
+    ce.temperature = f64_attr(frame, "temperature", 1.0);
+
+    /* class indices, checked and widened to int64 */
+    int64_t *labels = NULL;
+    if (indices) {
+        labels = malloc((size_t)(n ? n : 1) * 8);
+        if (!labels) return fail(api, XLA_FFI_Error_Code_RESOURCE_EXHAUSTED, "fastloss: out of memory");
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t t = y->dtype == XLA_FFI_DataType_S32 ? (int64_t)((const int32_t *)y->data)[i]
+                                                              : ((const int64_t *)y->data)[i];
+            if (t < 0 || t >= c) {
+                free(labels);
+                snprintf(msg, sizeof msg,
+                         "fastloss: label %lld at flat position %lld is out of range for %lld "
+                         "classes", (long long)t, (long long)i, (long long)c);
+                return invalid(api, msg);
+            }
+            labels[i] = t;
+        }
+    }
+    if (grad_out) huge_pages_hint(grad_out->data, (size_t)(n * c) * item);
+    const int status = n == 0 || c == 0 ? FASTLOSS_OK
+        : run_rows((int)kind, f64, n, c, x->data, y && !indices ? y->data : NULL, labels,
+                   threads, s64_attr(frame, "log_target", 0), &ce, loss_out->data,
+                   grad_out ? grad_out->data : NULL);
+    free(labels);
+    return status == FASTLOSS_OK ? NULL : kernel_error(api, status);
+}
