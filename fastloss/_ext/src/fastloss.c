@@ -39,6 +39,8 @@
 #define FL_INLINE static inline
 #endif
 
+#include "fl_math.h" /* exp, log, log1p, softplus: vectorisable, header-only */
+
 /* ------------------------------------------------------------------ scalar helpers */
 
 FL_INLINE int poisoned(double m, double s) {
@@ -57,66 +59,6 @@ FL_INLINE void fold(double *m, double *s, double m_b, double s_b) {
     } else {
         *s += s_b * exp(m_b - *m);
     }
-}
-
-/* log(1 + e^v) = max(v, 0) + log1p(e^-|v|): no overflow, full accuracy for v << 0. */
-FL_INLINE double softplus(double v) { return (v > 0.0 ? v : 0.0) + log1p(exp(-fabs(v))); }
-
-FL_INLINE double sigmoid(double v) {
-    const double e = exp(-fabs(v));
-    return v >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
-}
-
-/* exp(z) for z <= 0 (-inf gives 0, NaN gives NaN), vectorisable.  exp(z) = 2^n exp(r) with
-   n = round(z / ln 2) taken by adding 1.5 * 2^23 (the sum's low mantissa bits are n: no
-   float-to-int conversion, which would be undefined for NaN), r = z - n ln 2 in two parts
-   (Cody-Waite), exp(r) by a degree-6 polynomial fitted for relative error. */
-FL_INLINE float exp_f32(float z) {
-    const float zc = z < -87.33654f ? -87.33654f : z;
-    const float t = zc * 1.44269504f + 12582912.0f;
-    const float n = t - 12582912.0f;
-    const float r = (zc - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 0.0013751407895834938f;
-    p = p * r + 0.008368916341375321f;
-    p = p * r + 0.04166953310922312f;
-    p = p * r + 0.16666518459980356f;
-    p = p * r + 0.49999988595112776f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    uint32_t bits;
-    memcpy(&bits, &t, sizeof bits);
-    bits = (bits + 127u) << 23; /* (n + 127) << 23: the magic number's own bits shift out */
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return z < -87.33654f ? 0.0f : p * two_n;
-}
-
-FL_INLINE double exp_f64(double z) {
-    const double zc = z < -708.3964185322641 ? -708.3964185322641 : z;
-    const double t = zc * 1.4426950408889634 + 6755399441055744.0;
-    const double n = t - 6755399441055744.0;
-    const double r = (zc - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-    /* Taylor to degree 13: the first dropped term is below half an ulp */
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    uint64_t bits;
-    memcpy(&bits, &t, sizeof bits);
-    bits = (bits + 1023u) << 52;
-    double two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return z < -708.3964185322641 ? 0.0 : p * two_n;
 }
 
 /* tanh(u), vectorisable (exp_f64 instead of libm): u + u^3 P(u^2), the Taylor series to
@@ -258,21 +200,33 @@ static int fl_use_wide(int64_t c) {
 #define T double
 #define TN(name) CAT(name, f64)
 #define EXP exp_f64
+#define EXP_FULL exp_full_f64
+#define LOG log_f64
+#define LOG1P_UNIT fl_log1p_unit_f64
 #define FN(name) CAT(name, f64_wide)
 #define FN64(name) CAT(name, f64_wide)
 #include "kernels.inc"
 #undef T
 #undef TN
 #undef EXP
+#undef EXP_FULL
+#undef LOG
+#undef LOG1P_UNIT
 #undef FN
 #define T float
 #define TN(name) CAT(name, f32)
 #define EXP exp_f32
+#define EXP_FULL exp_full_f32
+#define LOG log_f32
+#define LOG1P_UNIT fl_log1p_unit_f32
 #define FN(name) CAT(name, f32_wide)
 #include "kernels.inc"
 #undef T
 #undef TN
 #undef EXP
+#undef EXP_FULL
+#undef LOG
+#undef LOG1P_UNIT
 #undef FN
 #undef FN64
 #undef FL_CHUNK
@@ -289,6 +243,9 @@ static int fl_use_wide(int64_t c) {
 #define T double
 #define TN(name) CAT(name, f64)
 #define EXP exp_f64
+#define EXP_FULL exp_full_f64
+#define LOG log_f64
+#define LOG1P_UNIT fl_log1p_unit_f64
 #define FN(name) CAT(name, f64)
 #define FN64(name) CAT(name, f64)
 #ifdef FL_HAVE_WIDE
@@ -300,11 +257,17 @@ static int fl_use_wide(int64_t c) {
 #undef T
 #undef TN
 #undef EXP
+#undef EXP_FULL
+#undef LOG
+#undef LOG1P_UNIT
 #undef FN
 #undef FNW
 #define T float
 #define TN(name) CAT(name, f32)
 #define EXP exp_f32
+#define EXP_FULL exp_full_f32
+#define LOG log_f32
+#define LOG1P_UNIT fl_log1p_unit_f32
 #define FN(name) CAT(name, f32)
 #ifdef FL_HAVE_WIDE
 #define FNW(name) CAT(name, f32_wide)
@@ -315,6 +278,9 @@ static int fl_use_wide(int64_t c) {
 #undef T
 #undef TN
 #undef EXP
+#undef EXP_FULL
+#undef LOG
+#undef LOG1P_UNIT
 #undef FN
 #undef FNW
 #undef FN64
