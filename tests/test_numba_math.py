@@ -1,4 +1,5 @@
-"""The vectorisable math of the Numba backend: accuracy of vexp, and the order-key max."""
+"""The vectorisable math of the Numba backend: accuracy of vexp, vexp_any, vlog, vlog1p and
+vtanh, and the order-key max."""
 
 from __future__ import annotations
 
@@ -44,6 +45,86 @@ def test_vexp_limits(dtype):
     assert out[5] == 1.0 and out[6] == 1.0
     # below the smallest normal number the result is 0, as np.exp's underflow in that dtype
     np.testing.assert_allclose(out[3:5], np.exp(z[3:5]), rtol=2e-7, atol=0)
+
+
+@numba.njit(fastmath=nm.FASTMATH, error_model="numpy")
+def _vlog_all(x, out):
+    for j in range(x.shape[0]):
+        out[j] = nm.vlog(x[j])
+
+
+@numba.njit(fastmath=nm.FASTMATH, error_model="numpy")
+def _vlog1p_all(x, out):
+    for j in range(x.shape[0]):
+        out[j] = nm.vlog1p(x[j])
+
+
+@numba.njit(fastmath=nm.FASTMATH, error_model="numpy")
+def _vexp_any_all(x, out):
+    for j in range(x.shape[0]):
+        out[j] = nm.vexp_any(x[j])
+
+
+def _max_ulp(fn, x, exact):
+    """The largest error of ``fn`` over ``x`` in ulps of the correctly rounded result."""
+    out = np.empty_like(x)
+    fn(x, out)
+    want = exact(x.astype(np.longdouble))
+    ulp = np.spacing(np.abs(want.astype(x.dtype))).astype(np.longdouble)
+    return float(np.max(np.abs(out.astype(np.longdouble) - want) / ulp))
+
+
+def _positive_floats(dtype, n=1_000_000):
+    """Every binade of the positive floats, subnormals included (uniform in the bits), and
+    the binades around 1 densely (where log is smallest, its relative error largest)."""
+    int_type = np.int32 if dtype == np.float32 else np.int64
+    top = np.array(np.finfo(dtype).max, dtype).view(int_type)
+    bits = np.random.default_rng(1).integers(1, top, n, dtype=int_type)
+    return np.concatenate([bits.view(dtype), np.linspace(0.5, 2.0, n + 1).astype(dtype)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vlog_is_within_its_ulp_bound(dtype):
+    assert _max_ulp(_vlog_all, _positive_floats(dtype), np.log) <= 0.85
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vlog1p_is_within_its_ulp_bound(dtype):
+    tiny = np.finfo(dtype).tiny
+    x = np.concatenate([_positive_floats(dtype), -np.geomspace(tiny, 1.0, 200001)[:-1],
+                        np.linspace(-0.999, 3.0, 400001), [-1.0 + np.finfo(dtype).epsneg]])
+    assert _max_ulp(_vlog1p_all, x.astype(dtype), np.log1p) <= 0.88
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vexp_any_is_within_its_ulp_bound(dtype):
+    lo, hi = (-87.3, 88.7) if dtype == np.float32 else (-708.0, 709.7)
+    z = np.linspace(lo, hi, 400001).astype(dtype)
+    assert _max_ulp(_vexp_any_all, z, np.exp) <= 0.88
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vlog_vlog1p_vexp_any_special_values(dtype):
+    info = np.finfo(dtype)
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, -info.smallest_subnormal,
+                  info.smallest_subnormal, info.tiny, 1.0, info.max], dtype)
+    out = np.empty_like(x)
+    _vlog_all(x, out)
+    assert out[:3].tolist() == [-np.inf, -np.inf, np.inf] and np.isnan(out[3:7]).all()
+    assert out[9] == 0.0
+    np.testing.assert_allclose(out[7:], np.log(x[7:].astype(np.float64)), rtol=1e-7)
+    x = np.array([0.0, -1.0, np.inf, -np.inf, np.nan, -1.5, -info.smallest_subnormal,
+                  info.smallest_subnormal, 1e-30, info.max, -0.5], dtype)
+    _vlog1p_all(x, out)
+    assert out[:3].tolist() == [0.0, -np.inf, np.inf] and np.isnan(out[3:6]).all()
+    assert out[6] == x[6] and out[7] == x[7] and out[8] == x[8]  # log1p(x) = x for tiny x
+    np.testing.assert_allclose(out[9:], np.log1p(x[9:].astype(np.float64)), rtol=1e-7)
+    z = np.array([-np.inf, np.inf, np.nan, -1e4, 1e4, 0.0, -0.0, 88.0, -87.0], dtype)
+    out = np.empty_like(z)
+    _vexp_any_all(z, out)
+    assert out[:2].tolist() == [0.0, np.inf] and np.isnan(out[2])
+    assert out[3:7].tolist() == [0.0, np.inf, 1.0, 1.0]
+    np.testing.assert_allclose(out[7:], np.exp(z[7:].astype(np.float64)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -145,6 +226,37 @@ def test_grad_hess_hooks(compiled):
     np.testing.assert_allclose(got, expected, rtol=1e-15, atol=0)
     assert hook("bce_grad_hess")(np.inf, 0.25, 2.0, 1.0, 1e-3) == (1.5, 1e-3)
     assert hook("bce_grad_hess")(-np.inf, 0.25, 2.0, 1.0, 1e-3) == (-0.5, 1e-3)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "njit"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bce_value_slope_hook(compiled, dtype):
+    """The fused BCE hook (one exp, one log1p) against the reference, in the precision of
+    ``one``, with its limits: a zero coefficient gives 0 even on an infinite logit."""
+    from fastloss import reference
+    from fastloss._ext import numba_hooks
+
+    if dtype == np.float32 and not compiled:
+        pytest.skip("plain Python has no float32 scalars")
+    hook = _cpu_hook("bce_value_slope") if compiled else numba_hooks.bce_value_slope
+    one = dtype(1.0)
+    v = np.array([-800.0, -30.0, -2.0, -1e-9, 0.0, 0.5, 17.0, 40.0, 700.0])
+    t = np.array([0.0, 1.0, 0.25, 1.0, 0.5, 0.0, 1.0, 0.75, 0.0])
+    w = np.array([1.0, 2.0, 0.5, 1.0, 3.0, 1.0, 1.0, 2.0, 1.0])
+    if dtype == np.float32:
+        v[0], v[-1] = -80.0, 80.0
+    v, t, w = v.astype(dtype), t.astype(dtype), w.astype(dtype)
+    want_value, want_slope = reference.binary_cross_entropy_with_logits(v, t, w, 1.5)
+    got = np.array([hook(a, b, c, dtype(1.5), one) for a, b, c in zip(v, t, w)], np.float64).T
+    rtol = 1e-14 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(got[0], want_value, rtol=rtol, atol=0)
+    np.testing.assert_allclose(got[1], want_slope, rtol=rtol, atol=1e-300)
+    inf = dtype(np.inf)
+    assert hook(inf, dtype(1.0), one, one, one) == (0.0, 0.0)  # t = 1: softplus(-inf) = 0
+    assert hook(-inf, dtype(0.0), one, one, one) == (0.0, 0.0)
+    assert hook(inf, dtype(0.0), one, one, one) == (np.inf, 1.0)
+    assert hook(-inf, dtype(1.0), one, one, one) == (np.inf, -1.0)
+    assert all(np.isnan(hook(dtype(np.nan), dtype(0.5), one, one, one)))
 
 
 def test_every_hook_compiles_for_the_cpu():

@@ -331,51 +331,132 @@ def entropy(x, scale, loss, grad, n_threads):
 
 # ------------------------------------------------------------------------ shape 3: elementwise
 
+# The elements are processed flat, in tiles of whole rows (about ELEMENT_TILE elements, at least
+# one row): a row of 10 classes would leave most of its elements to the loop's scalar
+# remainder, where the exp -> log1p -> division chain of the BCE is latency-bound (20x).
+
+ELEMENT_TILE = 4096
+
+
 @njit(**INLINE)
-def _element_rows(lo, hi, x, target, weight, has_weight, pos_weight, has_pos_weight,
-                  loss_code, scale, loss, per_element, grad, write_grad):
-    c = x.shape[1]
-    for i in range(lo, hi):
-        row_sum = 0.0
-        for k in range(c):
-            v = np.float64(x[i, k])
-            t = np.float64(target[i, k])
-            w = weight[i, k] if has_weight else 1.0
-            pw = pos_weight[k] if has_pos_weight else 1.0
-            value = hooks.element_value(loss_code, v, t, w, pw)
-            if per_element:
-                loss[i, k] = value
-            else:
-                row_sum += value
-            if write_grad:
-                grad[i, k] = like(scale[i, k] * hooks.element_slope(loss_code, v, t, w, pw),
-                                  grad)
-        if not per_element:
-            loss[i, 0] = row_sum
+def _element_tile(x, t, j0, c, weight, has_weight, pos_weight, has_pos_weight, loss_code,
+                  scale, uniform, s0, values, g, write_grad):
+    """Flat elements ``j0 : j0 + len(x)`` of the batch: ``values[j] = value``,
+    ``g[j] = scale * slope``, the scale ``s0`` everywhere (``uniform``) or ``scale[j]``.
+    ``write_grad`` and ``uniform`` are constants in each call (one straight vectorisable loop);
+    one exp and one log1p per element (hooks.element_value_slope), the BCE in float32 for
+    float32 logits (the values are summed in float64)."""
+    one = like(1.0, x)  # the BCE in the logits' precision (hooks.bce_value_slope)
+    s0 = like(s0, x)
+    for j in range(x.shape[0]):
+        w = like(weight[(j0 + j) // c, (j0 + j) % c] if has_weight else 1.0, x)
+        pw = like(pos_weight[(j0 + j) % c] if has_pos_weight else 1.0, x)
+        value, slope = hooks.element_value_slope(loss_code, x[j], t[j], w, pw, one)
+        if write_grad:  # (else LLVM drops the slope's work)
+            g[j] = like((s0 if uniform else like(scale[j], x)) * slope, g)
+        values[j] = like(value, values)
+
+
+@njit(**INLINE)
+def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                  loss_code, scale, uniform, loss, per_element, grad, write_grad, values):
+    """Rows ``lo:hi`` of the flat (N * C) arrays, a tile of rows at a time; the values go
+    into the scratch tile ``values`` (the logits' dtype: a float64 store would halve the
+    float32 loop's vector width), then into ``loss`` (``per_element``) or as float64 row sums
+    into ``loss[i]``."""
+    rows = max(1, ELEMENT_TILE // max(c, 1))
+    s0 = scale[0]
+    for i0 in range(lo, hi, rows):
+        i1 = min(i0 + rows, hi)
+        a, b = i0 * c, i1 * c
+        out = values[:b - a]
+        g = grad[a:b] if write_grad else grad[:1]
+        sc = scale[a:b] if write_grad and not uniform else scale[:1]
+        _element_tile(x[a:b], target[a:b], a, c, weight, has_weight, pos_weight,
+                      has_pos_weight, loss_code, sc, uniform, s0, out, g, write_grad)
+        if per_element:
+            out_loss = loss[a:b]
+            for j in range(out.shape[0]):
+                out_loss[j] = out[j]
+        else:
+            for r in range(i1 - i0):
+                row = out[r * c:(r + 1) * c]
+                row_sum = 0.0
+                for k in range(row.shape[0]):
+                    row_sum += row[k]
+                loss[i0 + r] = row_sum
+
+
+@njit(**INLINE)
+def _element_loss(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                  loss_code, scale, uniform, loss, per_element, grad, write_grad, values):
+    """:func:`_element_rows` with ``write_grad``, ``uniform`` and (without weights) the
+    weight flags as constants."""
+    if has_weight or has_pos_weight:
+        if not write_grad:
+            _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight,
+                          has_pos_weight, loss_code, scale, True, loss, per_element, grad,
+                          False, values)
+        else:
+            _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight,
+                          has_pos_weight, loss_code, scale, uniform, loss, per_element, grad,
+                          True, values)
+    elif not write_grad:
+        _element_rows(lo, hi, c, x, target, weight, False, pos_weight, False, loss_code,
+                      scale, True, loss, per_element, grad, False, values)
+    elif uniform:
+        _element_rows(lo, hi, c, x, target, weight, False, pos_weight, False, loss_code,
+                      scale, True, loss, per_element, grad, True, values)
+    else:
+        _element_rows(lo, hi, c, x, target, weight, False, pos_weight, False, loss_code,
+                      scale, False, loss, per_element, grad, True, values)
 
 
 @njit(**KERNEL)
-def _elementwise(lo, hi, x, target, weight, has_weight, pos_weight, has_pos_weight, loss_code,
-                 scale, loss, per_element, grad, write_grad):
-    """``loss`` is (N, C) (``per_element``) or (N, 1) row sums; ``scale`` and ``weight`` may
-    be broadcast views.  Constant flags in each call: LLVM specialises the loops."""
+def _elementwise(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                 loss_code, scale, uniform, loss, per_element, grad, write_grad, values):
+    """``x``, ``target``, ``grad``: the flat (N * C) arrays; ``loss``: flat (N * C)
+    (``per_element``) or (N,) row sums; ``weight`` an (N, C) view (maybe broadcast);
+    ``scale``: flat (N * C), or one value (``uniform``).  Constant flags in each call: LLVM
+    specialises the loops."""
     if loss_code == hooks.MSE:
-        _element_rows(lo, hi, x, target, weight, False, pos_weight, False, hooks.MSE, scale,
-                      loss, per_element, grad, write_grad)
+        _element_loss(lo, hi, c, x, target, weight, False, pos_weight, False, hooks.MSE,
+                      scale, uniform, loss, per_element, grad, write_grad, values)
     else:
-        _element_rows(lo, hi, x, target, weight, has_weight, pos_weight, has_pos_weight,
-                      hooks.BCE, scale, loss, per_element, grad, write_grad)
+        _element_loss(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                      hooks.BCE, scale, uniform, loss, per_element, grad, write_grad, values)
+
+
+def _flat_scale(scale):
+    """``(scale, uniform)``: a grad_output broadcast from one value (every stride 0) as that
+    one value, else the flat C-ordered (N * C) scale."""
+    if scale is None or scale.size == 0:
+        return _NO_ROWS, True
+    if all(st == 0 for st in scale.strides) or scale.size == 1:
+        return np.array([scale.flat[0]], np.float64), True  # (reshape would copy them all)
+    return np.ascontiguousarray(scale).reshape(-1), False
 
 
 def _run_elementwise(loss_code, x, target, weight, pos_weight, scale, loss, grad, n_threads):
+    if not loss.flags.c_contiguous or not (grad is None or grad.flags.c_contiguous):
+        # the kernel writes flat views (outputs from fastloss._api always are contiguous)
+        out_loss, out_grad = np.empty(loss.shape), None if grad is None else np.empty_like(x)
+        _run_elementwise(loss_code, x, target, weight, pos_weight, scale, out_loss, out_grad,
+                         n_threads)
+        loss[...] = out_loss
+        if grad is not None:
+            grad[...] = out_grad
+        return
     g, write_grad = _grad_arg(grad, x)
     x, target = _readable(x), _readable(target)
     n, c = x.shape
-    run_ranges(_elementwise, n, c, n_threads, x, target,
+    scale, uniform = _flat_scale(scale)
+    tile = max(1, ELEMENT_TILE // max(c, 1)) * c
+    run_ranges(_elementwise, n, c, n_threads, c, x.reshape(-1), target.reshape(-1),
                _NO_ELEMENTS if weight is None else weight, weight is not None,
                _NO_ROWS if pos_weight is None else pos_weight, pos_weight is not None,
-               loss_code, _NO_ELEMENTS if scale is None else scale,
-               loss if loss.ndim == 2 else loss[:, None], loss.ndim == 2, g, write_grad)
+               loss_code, scale, uniform, loss.reshape(-1), loss.ndim == 2, g.reshape(-1),
+               write_grad, scratch=lambda: (np.empty(tile, x.dtype),))
 
 
 def binary_cross_entropy(x, target, weight, pos_weight, scale, loss, grad, n_threads):

@@ -4,7 +4,8 @@ Two compilers read these functions: :mod:`fastloss._ext.numba_math` compiles the
 ``njit(inline="always")`` for the CPU kernels and :mod:`fastloss._ext.numba_cuda` with
 ``cuda.jit(device=True, inline="always")`` for the GPU ones; Numba's CUDA simulator runs them
 as they are (so the CPU-only test runs exercise the GPU's math too).  Rules: arguments and
-results are float64 scalars (or bools / small ints), only ``math.*`` and arithmetic, no NumPy,
+results are float64 scalars (or bools / small ints; a hook with an argument ``one`` computes
+in the precision of ``one``), only ``math.*`` and arithmetic, no NumPy,
 no decorators, no division by a value that can be 0 and no ``log`` of one that can be <= 0 on a
 path the kernels take (the simulator runs Python's ``math``, which raises there).  A hook may
 call another by its module-level name: :func:`compile_hooks` rebinds those names to the
@@ -22,10 +23,15 @@ import types
 
 INF = math.inf
 NAN = math.nan
-# A compiler may put its own implementations here (numba_math: a tanh LLVM can vectorise, and
-# its vectorisable exp, which serves arguments <= 0 only: ``exp_neg``).
+# A compiler may put its own implementations here: numba_math puts the vectorisable tanh,
+# exp (``exp_neg``: arguments <= 0 only; ``exp``: any), log and log1p of the CPU (a libm call
+# per element would keep every loop scalar).  CUDA keeps these: Numba maps math.* to
+# libdevice, which is already one call per GPU thread, and accurate.
 tanh = math.tanh
 exp_neg = math.exp
+exp = math.exp
+log = math.log
+log1p = math.log1p
 
 
 # ----------------------------------------------------------------------------- online softmax
@@ -80,15 +86,15 @@ def ce_coef(t, w, keep, eps_c):
 
 def target_prob(v, log_target):
     """The target probability of a stored target value (``log_target``: it holds log t)."""
-    return math.exp(v) if log_target else v
+    return exp(v) if log_target else v
 
 
 def target_t_log_t(v, log_target):
     """``t log t`` of a stored target value, ``0 log 0 = 0``: the KL's constant term."""
     if log_target:
-        t = math.exp(v)
+        t = exp(v)
         return t * v if t != 0.0 else 0.0
-    return v * math.log(v) if v != 0.0 else 0.0
+    return v * log(v) if v != 0.0 else 0.0
 
 
 def weighted(a, v):
@@ -148,11 +154,11 @@ MSE = 1
 
 def softplus(v):
     """``log(1 + e^v) = max(v, 0) + log1p(e^-|v|)``: no overflow, full accuracy for v << 0."""
-    return (v if v > 0.0 else 0.0) + math.log1p(math.exp(-abs(v)))
+    return (v if v > 0.0 else 0.0) + log1p(exp_neg(-abs(v)))
 
 
 def sigmoid(v):
-    e = math.exp(-abs(v))
+    e = exp_neg(-abs(v))
     return 1.0 / (1.0 + e) if v >= 0.0 else e / (1.0 + e)
 
 
@@ -164,6 +170,28 @@ def bce_value(v, t, w, pos_weight):
 def bce_slope(v, t, w, pos_weight):
     """``w ((1 - t) sigmoid(v) - pw t sigmoid(-v))``."""
     return w * ((1.0 - t) * sigmoid(v) - (pos_weight * t) * sigmoid(-v))
+
+
+def bce_value_slope(v, t, w, pos_weight, one):
+    """``(bce_value, bce_slope)`` from one exp and one log1p, in the precision of ``one``
+    (``1.0``; the CPU passes a float32 1 with float32 arguments: twice the SIMD lanes and
+    shorter polynomials).  With ``e = exp(-|v|)`` and ``l = log1p(e)``,
+    ``softplus(+-v) = max(+-v, 0) + l``, and the sigmoids are ``1 / (1 + e)`` and
+    ``e / (1 + e)`` (as :func:`sigmoid_pair`, one division).  Branch-free up to selects (the
+    elementwise loop vectorises); a term with a zero coefficient is 0 as in :func:`weighted`."""
+    zero = one - one
+    e = exp_neg(-abs(v))
+    lg = log1p(e)
+    big = one / (one + e)
+    small = e * big
+    sp_pos = (v if v > zero else zero) + lg  # softplus(v) = -log(1 - sigmoid(v))
+    sp_neg = (zero if v > zero else -v) + lg  # softplus(-v) = -log sigmoid(v)
+    s_pos = big if v >= zero else small  # sigmoid(v)
+    s_neg = small if v >= zero else big  # sigmoid(-v)
+    a = pos_weight * t
+    b = one - t
+    value = w * ((a * sp_neg if a != zero else zero) + (b * sp_pos if b != zero else zero))
+    return value, w * (b * s_pos - a * s_neg)
 
 
 def mse_value(v, t):
@@ -185,6 +213,15 @@ def element_slope(loss_code, v, t, w, pos_weight):
     if loss_code == BCE:
         return bce_slope(v, t, w, pos_weight)
     return mse_slope(v, t)
+
+
+def element_value_slope(loss_code, v, t, w, pos_weight, one):
+    """``(element_value, element_slope)``, sharing the work of the two; the BCE in the
+    precision of ``one`` (see :func:`bce_value_slope`), the MSE in float64 (``v * 1.0``: ``v``
+    exactly, as a float64)."""
+    if loss_code == BCE:
+        return bce_value_slope(v, t, w, pos_weight, one)
+    return mse_value(v * 1.0, t * 1.0), mse_slope(v * 1.0, t * 1.0)
 
 
 # ----------------------------------------------------------------------------- grad + hess
@@ -234,7 +271,8 @@ def bce_grad_hess(v, t, w, hessian_scale, min_hessian):
 HOOKS = ("fold", "poisoned", "poisoned_lse", "transform", "ce_coef",
          "target_prob", "target_t_log_t", "weighted", "shift_gap", "linear_loss", "p_coef",
          "p_term", "p_phi", "softplus", "sigmoid", "bce_value", "bce_slope", "mse_value",
-         "mse_slope", "element_value", "element_slope", "floor_hessian", "softmax_grad_hess",
+         "mse_slope", "bce_value_slope", "element_value", "element_slope",
+         "element_value_slope", "floor_hessian", "softmax_grad_hess",
          "sigmoid_pair", "bce_grad_hess")
 
 
@@ -242,7 +280,8 @@ def compile_hooks(decorate, name, **replace):
     """A module holding every hook compiled by ``decorate`` (``njit(...)`` or
     ``cuda.jit(device=True, ...)``).  Each hook is rebuilt over a namespace in which the other
     hooks are the compiled ones, so a hook that calls another calls the compiled version;
-    ``replace`` swaps other names of that namespace (``tanh=...``, ``exp_neg=...``).  Kernels call
+    ``replace`` swaps other names of that namespace (``tanh``, ``exp_neg``, ``exp``, ``log``,
+    ``log1p``).  Kernels call
     ``module.hook(...)``: Numba resolves (and inlines) module attributes at compile time."""
     namespace = dict(globals())
     namespace.update(replace)

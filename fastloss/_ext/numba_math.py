@@ -1,10 +1,13 @@
 """Vectorisable math for the Numba kernels.
 
-PyPI's llvmlite has no SVML, so ``np.exp`` inside a Numba loop becomes one scalar libm call
-per element and the loop does not vectorise.  :func:`vexp` is plain arithmetic instead
-(range reduction + polynomial, exponent set through a bit cast), which LLVM turns into AVX2 /
-AVX-512 code.  It only has to serve ``exp(z)`` for ``z <= 0`` (every softmax-shifted logit),
-including ``z = -inf`` -> 0.
+PyPI's llvmlite has no SVML, so ``np.exp`` / ``np.log`` inside a Numba loop become one scalar
+libm call per element and the loop does not vectorise.  :func:`vexp` is plain arithmetic
+instead (range reduction + polynomial, exponent set through a bit cast), which LLVM turns into
+AVX2 / AVX-512 code.  It only has to serve ``exp(z)`` for ``z <= 0`` (every softmax-shifted
+logit), including ``z = -inf`` -> 0; :func:`vexp_any` takes any ``z``.  :func:`vlog` and
+:func:`vlog1p` are built the same way (exponent and mantissa from the bits, a polynomial,
+special values by selects).  The loss hooks get them through ``compile_hooks`` below: the
+BCE's softplus and sigmoid, the KL divergence's ``t log t`` and log targets.
 
 Fast-math flags: everything except ``nnan`` and ``ninf``, which would let LLVM assume that no
 ``-inf`` exists -- and ``-inf`` logits mean "impossible class" here.
@@ -109,6 +112,22 @@ def _f64_from_bits(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _bits(typingctx, value):
+    """The bits of a float32 / float64 as an int32 / int64 (no conversion)."""
+    if value == types.float32:
+        int_type, llvm_type = types.int32, ir.IntType(32)
+    elif value == types.float64:
+        int_type, llvm_type = types.int64, ir.IntType(64)
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_type)
+
+    return int_type(value), codegen
+
+
 # float32: exp(z) = 2^n * exp(r), n = round(z / ln 2), |r| <= ln(2)/2.  ln 2 is split in a
 # high part with few mantissa bits (n * LN2_HI is exact) and a low correction (Cody-Waite).
 # exp(r) = 1 + r + c2 r^2 + ... + c6 r^6, the c_k fitted by least squares for relative error
@@ -126,9 +145,9 @@ _F32_C = tuple(np.float32(c) for c in (0.49999988595112776, 0.16666518459980356,
                                         0.0013751407895834938))
 
 
-def _exp_f32(z):
-    # the clamp maps -inf to a finite value and lets NaN through (NaN < x is false)
-    zc = _F32_MIN_Z if z < _F32_MIN_Z else z
+@njit(fastmath=EXP_FASTMATH, inline="always", cache=True)
+def _exp_reduce_f32(zc):
+    """``(n, p)`` with ``exp(zc) = 2^n p``, ``p = exp(r)``, for a finite ``zc`` (or NaN)."""
     n = np.floor(zc * _F32_LOG2E + _F32_HALF)
     r = (zc - n * _F32_LN2_HI) - n * _F32_LN2_LO
     p = _F32_C[4]
@@ -138,6 +157,13 @@ def _exp_f32(z):
     p = p * r + _F32_C[0]
     p = p * r + _F32_ONE
     p = p * r + _F32_ONE
+    return n, p
+
+
+def _exp_f32(z):
+    # the clamp maps -inf to a finite value and lets NaN through (NaN < x is false)
+    zc = _F32_MIN_Z if z < _F32_MIN_Z else z
+    n, p = _exp_reduce_f32(zc)
     scaled = p * _f32_from_bits((np.int32(n) + 127) << 23)
     return _F32_ZERO if z < _F32_MIN_Z else scaled
 
@@ -150,8 +176,9 @@ _F64_MIN_Z = -708.3964185322641  # log of the smallest normal float64
 _F64_C = tuple(1.0 / float(np.prod(np.arange(1, k + 1))) for k in range(13, 1, -1))
 
 
-def _exp_f64(z):
-    zc = _F64_MIN_Z if z < _F64_MIN_Z else z
+@njit(fastmath=EXP_FASTMATH, inline="always", cache=True)
+def _exp_reduce_f64(zc):
+    """``(n, p)`` with ``exp(zc) = 2^n p``, ``p = exp(r)``, for a finite ``zc`` (or NaN)."""
     n = np.floor(zc * _F64_LOG2E + 0.5)
     r = (zc - n * _F64_LN2_HI) - n * _F64_LN2_LO
     p = _F64_C[0]
@@ -168,6 +195,12 @@ def _exp_f64(z):
     p = p * r + _F64_C[11]
     p = p * r + 1.0
     p = p * r + 1.0
+    return n, p
+
+
+def _exp_f64(z):
+    zc = _F64_MIN_Z if z < _F64_MIN_Z else z
+    n, p = _exp_reduce_f64(zc)
     scaled = p * _f64_from_bits((np.int64(n) + np.int64(1023)) << np.int64(52))
     return 0.0 if z < _F64_MIN_Z else scaled
 
@@ -189,6 +222,207 @@ def _vexp_overload(z):
     return None
 
 
+# exp over the whole range (KL divergence's log targets may be > 0): the same reduction, the
+# argument clamped on both sides and 2^n applied in two factors 2^(n//2) 2^(n - n//2), so that
+# n up to 128 (float32) / 1024 (float64) needs no infinite or subnormal power of two.
+_F32_MAX_Z = np.float32(88.72283)  # the largest float32 whose exp is finite
+_F64_MAX_Z = 709.782712893384  # the largest float64 whose exp is finite
+_F32_INF = np.float32(np.inf)
+
+
+def _exp_any_f32(z):
+    zc = _F32_MIN_Z if z < _F32_MIN_Z else z
+    zc = _F32_MAX_Z if zc > _F32_MAX_Z else zc
+    n, p = _exp_reduce_f32(zc)
+    half = np.int32(n) >> 1
+    scaled = (p * _f32_from_bits((half + 127) << 23)) * _f32_from_bits(
+        (np.int32(n) - half + 127) << 23)
+    scaled = _F32_INF if z > _F32_MAX_Z else scaled
+    return _F32_ZERO if z < _F32_MIN_Z else scaled
+
+
+def _exp_any_f64(z):
+    zc = _F64_MIN_Z if z < _F64_MIN_Z else z
+    zc = _F64_MAX_Z if zc > _F64_MAX_Z else zc
+    n, p = _exp_reduce_f64(zc)
+    half = np.int64(n) >> np.int64(1)
+    scaled = (p * _f64_from_bits((half + np.int64(1023)) << np.int64(52))) * _f64_from_bits(
+        (np.int64(n) - half + np.int64(1023)) << np.int64(52))
+    scaled = np.inf if z > _F64_MAX_Z else scaled
+    return 0.0 if z < _F64_MIN_Z else scaled
+
+
+def vexp_any(z):
+    """``exp(z)`` for any ``z`` in the precision of ``z``; vectorisable (:func:`vexp` with a
+    clamp and a split scale: a few instructions more).  Within 0.88 ulp (float32) / 0.86 ulp
+    (float64) where the result is normal; 0 below the smallest normal result, ``+inf`` above
+    the largest finite one; NaN gives NaN."""
+    return np.exp(z)
+
+
+@overload(vexp_any, jit_options=dict(fastmath=EXP_FASTMATH))
+def _vexp_any_overload(z):
+    if z == types.float32:
+        return _exp_any_f32
+    if z == types.float64:
+        return _exp_any_f64
+    return None
+
+
+# ---------------------------------------------------------------------------- log and log1p
+#
+# log(x) = k ln 2 + log(m), x = 2^k m with m in [sqrt(1/2), sqrt(2)), taken from the bits of x:
+# subtracting the bits of sqrt(1/2) puts the exponent k in the high bits and m's offset in the
+# mantissa.  With f = m - 1 (exact) and s = f / (2 + f), |s| <= 0.1716,
+#     log(1 + f) = 2 atanh(s) = 2s + s R(s^2),  R = 2 s^2/3 + 2 s^4/5 + 2 s^6/7 + ...
+# (Taylor: the next term is below 2e-9 relative in float32 with 4 terms, 6e-19 in float64
+# with 10; R in Estrin's scheme -- pairs, then powers z^2, z^4, z^8 -- whose dependency chain
+# is 4 FMAs deep instead of Horner's 10: a loop that also takes an exp and a division per
+# element, as the BCE's, is bound by that latency, not by throughput), evaluated as
+# f - (f^2/2 - s (f^2/2 + R)): 2s = f - s f, so the big part f is
+# exact and only a correction of at most 0.2 f carries rounding error.  ln 2 is split as in
+# vexp (k ln2_hi exact).  No "reassoc": it would undo that order.
+
+# error_model "numpy": with Python's, each division checks for 0 and the loop stays scalar.
+_LOG_OPTIONS = dict(fastmath=EXP_FASTMATH, error_model="numpy")
+_F32_SQRT_HALF_BITS = 0x3F3504F3  # the bits of float32(sqrt(1/2))
+_F32_MANT = 0x7FFFFF
+_F32_MIN_NORMAL = np.float32(np.finfo(np.float32).tiny)
+_F32_TWO_25 = np.float32(2.0 ** 25)  # scales a subnormal into the normal range
+_F32_TWO = np.float32(2.0)
+_F32_NAN = np.float32(np.nan)
+_F32_LOG_C = tuple(np.float32(2.0 / k) for k in (3, 5, 7, 9))
+
+_F64_SQRT_HALF_BITS = 0x3FE6A09E667F3BCD
+_F64_MANT = 0x000FFFFFFFFFFFFF
+_F64_MIN_NORMAL = np.finfo(np.float64).tiny
+_F64_TWO_54 = 2.0 ** 54
+_F64_LOG_C = tuple(2.0 / k for k in (3, 5, 7, 9, 11, 13, 15, 17, 19, 21))
+
+
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", inline="always", cache=True)
+def _log_reduced_f32(k, f, lo):
+    """``k ln 2 + log(1 + f) + lo`` for ``1 + f`` in ``[sqrt(1/2), sqrt(2)]``, ``k`` a float32
+    and ``lo`` a correction far below an ulp of ``f``."""
+    s = f / (_F32_TWO + f)
+    z = s * s
+    z2 = z * z
+    r = (_F32_LOG_C[0] + _F32_LOG_C[1] * z) + (_F32_LOG_C[2] + _F32_LOG_C[3] * z) * z2
+    r = r * z
+    hfsq = _F32_HALF * f * f
+    return k * _F32_LN2_HI + (f - (hfsq - (s * (hfsq + r) + (k * _F32_LN2_LO + lo))))
+
+
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", inline="always", cache=True)
+def _log_reduced_f64(k, f, lo):
+    """:func:`_log_reduced_f32` in float64."""
+    s = f / (2.0 + f)
+    z = s * s
+    z2 = z * z
+    z4 = z2 * z2
+    c = _F64_LOG_C
+    low = (c[0] + c[1] * z) + (c[2] + c[3] * z) * z2
+    high = (c[4] + c[5] * z) + (c[6] + c[7] * z) * z2
+    r = (low + high * z4 + (c[8] + c[9] * z) * (z4 * z4)) * z
+    hfsq = 0.5 * f * f
+    return k * _F64_LN2_HI + (f - (hfsq - (s * (hfsq + r) + (k * _F64_LN2_LO + lo))))
+
+
+def _log_f32(x):
+    tiny = x < _F32_MIN_NORMAL
+    xs = x * _F32_TWO_25 if tiny else x
+    u = np.int64(_bits(xs)) - _F32_SQRT_HALF_BITS  # garbage for x <= 0, inf, NaN: replaced
+    k = (u >> 23) - (25 if tiny else 0)
+    m = _f32_from_bits((u & _F32_MANT) + _F32_SQRT_HALF_BITS)
+    y = _log_reduced_f32(np.float32(k), m - _F32_ONE, _F32_ZERO)
+    y = y if x < _F32_INF else x  # +inf and NaN are their own log
+    y = -_F32_INF if x == _F32_ZERO else y
+    return _F32_NAN if x < _F32_ZERO else y
+
+
+def _log_f64(x):
+    tiny = x < _F64_MIN_NORMAL
+    xs = x * _F64_TWO_54 if tiny else x
+    u = _bits(xs) - np.int64(_F64_SQRT_HALF_BITS)
+    k = (u >> np.int64(52)) - np.int64(54 if tiny else 0)
+    m = _f64_from_bits((u & np.int64(_F64_MANT)) + np.int64(_F64_SQRT_HALF_BITS))
+    y = _log_reduced_f64(np.float64(k), m - 1.0, 0.0)
+    y = y if x < np.inf else x
+    y = -np.inf if x == 0.0 else y
+    return np.nan if x < 0.0 else y
+
+
+def vlog(x):
+    """``log(x)`` in the precision of ``x``, any ``x``; vectorisable (branch-free: the
+    special cases are selects).  Within 0.85 ulp (float32 and float64, subnormals included;
+    tests/test_numba_math.py).  ``log(0) = -inf``, ``log(+inf) = +inf``, negative and NaN
+    give NaN."""
+    return np.log(x)
+
+
+@overload(vlog, jit_options=_LOG_OPTIONS)
+def _vlog_overload(x):
+    if x == types.float32:
+        return _log_f32
+    if x == types.float64:
+        return _log_f64
+    return None
+
+
+# log1p(x): u = 1 + x rounded, c = (1 + x) - u exactly (Fast2Sum, taking the larger of 1 and
+# x first), u = 2^k m as in log, f = m - 1; then
+#     log(1 + x) = k ln 2 + log(m + c 2^-k) = k ln 2 + log(1 + f) + c 2^-k / m + O(c^2),
+# 1 / m = 1 / (1 + f) taken as 1 - f + f^2 (c 2^-k is below an ulp of m: the f^3 left out
+# costs < 0.06 ulp).  For |x| < 2^-24 (float32), u = 1 and the result is c = x.  2^-k with k
+# clamped to 64: beyond, c 2^-k is far below an ulp of k ln 2.
+
+
+def _log1p_f32(x):
+    u = _F32_ONE + x
+    c = (_F32_ONE - (u - x)) if x > _F32_ONE else (x - (u - _F32_ONE))
+    b = np.int64(_bits(u)) - _F32_SQRT_HALF_BITS
+    k = b >> 23
+    m = _f32_from_bits((b & _F32_MANT) + _F32_SQRT_HALF_BITS)
+    inv_scale = _f32_from_bits((127 - (k if k < 64 else 64)) << 23)
+    f = m - _F32_ONE
+    y = _log_reduced_f32(np.float32(k), f, (c * inv_scale) * ((_F32_ONE - f) + f * f))
+    y = y if x < _F32_INF else x
+    y = -_F32_INF if x == -_F32_ONE else y
+    return _F32_NAN if x < -_F32_ONE else y
+
+
+def _log1p_f64(x):
+    u = 1.0 + x
+    c = (1.0 - (u - x)) if x > 1.0 else (x - (u - 1.0))
+    b = _bits(u) - np.int64(_F64_SQRT_HALF_BITS)
+    k = b >> np.int64(52)
+    m = _f64_from_bits((b & np.int64(_F64_MANT)) + np.int64(_F64_SQRT_HALF_BITS))
+    inv_scale = _f64_from_bits((np.int64(1023) - (k if k < 64 else np.int64(64)))
+                               << np.int64(52))
+    f = m - 1.0
+    y = _log_reduced_f64(np.float64(k), f, (c * inv_scale) * ((1.0 - f) + f * f))
+    y = y if x < np.inf else x
+    y = -np.inf if x == -1.0 else y
+    return np.nan if x < -1.0 else y
+
+
+def vlog1p(x):
+    """``log(1 + x)`` in the precision of ``x``, any ``x``, to full relative accuracy near 0;
+    vectorisable (branch-free).  Within 0.88 ulp (tests/test_numba_math.py).
+    ``log1p(-1) = -inf``, ``log1p(+inf) = +inf``, ``x < -1`` and NaN give NaN; the sign of
+    ``-0.0`` is not kept (the kernels run with "nsz")."""
+    return np.log1p(x)
+
+
+@overload(vlog1p, jit_options=_LOG_OPTIONS)
+def _vlog1p_overload(x):
+    if x == types.float32:
+        return _log1p_f32
+    if x == types.float64:
+        return _log1p_f64
+    return None
+
+
 @njit(**INLINE)
 def vtanh(u):
     """``tanh(u)`` of a float64 from :func:`vexp`: ``(1 - e) / (1 + e)``, ``e = exp(-2|u|)``;
@@ -202,7 +436,8 @@ def vtanh(u):
 
 # The loss math of numba_hooks, compiled for the CPU: kernels call ``hooks.name(...)``.
 hooks = numba_hooks.compile_hooks(njit(**INLINE), "fastloss._ext.numba_math.hooks",
-                                  tanh=vtanh, exp_neg=vexp)
+                                  tanh=vtanh, exp_neg=vexp, exp=vexp_any, log=vlog,
+                                  log1p=vlog1p)
 
 
 # Loops below index blocks taken as slices (``row[start:stop]``, then ``range(len)``): Numba
@@ -210,22 +445,6 @@ hooks = numba_hooks.compile_hooks(njit(**INLINE), "fastloss._ext.numba_math.hook
 # ``j + offset``) turns every load into a gather -- 2x slower.
 
 BLOCK = 1024
-
-
-@intrinsic
-def _bits(typingctx, value):
-    """The bits of a float32 / float64 as an int32 / int64 (no conversion)."""
-    if value == types.float32:
-        int_type, llvm_type = types.int32, ir.IntType(32)
-    elif value == types.float64:
-        int_type, llvm_type = types.int64, ir.IntType(64)
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_type)
-
-    return int_type(value), codegen
 
 
 def order_key(v):
