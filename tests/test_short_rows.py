@@ -1,0 +1,137 @@
+"""The C kernels' short-row path (kernels.inc, ``FL_SHORT_C`` = 32 classes, blocks of
+``FL_SHORT_R`` = 16 rows transposed into a tile): cross-entropy with class indices and the
+cross-entropy gradient + Hessian.  Row counts that are not multiples of the block, C at the
+threshold and one above it (the row-by-row path), ignored and poisoned rows inside a block,
+and bit-identical results for any number of threads (the threads split rows at points that
+are not multiples of the block)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import fastloss
+from fastloss import _backends
+from fastloss._grad_hess import cross_entropy_grad_hess
+
+pytestmark = pytest.mark.skipif(not _backends.available("cython"),
+                                reason="the cython backend is not built")
+
+FLOATS = (np.float32, np.float64)
+CLASSES = (1, 2, 10, 31, 32, 33)
+ROWS = (1, 15, 16, 17, 53)
+
+
+def _logits(rng, n, c, dtype, *, poison=True):
+    x = (rng.standard_normal((n, c)) * 3.0).astype(dtype)
+    if poison and n >= 17:  # inside the first and the second block
+        x[3, 0] = np.nan
+        x[5, c - 1] = np.inf
+        x[6, :] = -np.inf
+        x[16, c // 2] = np.nan
+        if c > 1:
+            x[7, 0] = -np.inf  # an impossible class in a normal row
+            x[8, :] = -np.inf
+            x[8, 1] = 2.0
+    return x
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("c", CLASSES)
+@pytest.mark.parametrize("n", ROWS)
+def test_cross_entropy_short_rows(n, c, dtype):
+    rng = np.random.default_rng(n * 100 + c)
+    x = _logits(rng, n, c, dtype)
+    t = rng.integers(0, c, n)
+    t[::4] = -100  # ignored rows inside every block
+    if n >= 17 and c > 1:
+        t[7] = 1  # not the impossible class
+        t[8] = 1
+    weight = rng.uniform(0.5, 2.0, c)
+    for kwargs in ({}, {"weight": weight}, {"z_loss": 1e-2}, {"reduction": "none"},
+                   {"weight": weight, "z_loss": 0.1, "reduction": "sum"}):
+        got = fastloss.cross_entropy_with_grad(x, t, backend="cython", **kwargs)
+        want = fastloss.cross_entropy_with_grad(x, t, backend="numpy", **kwargs)
+        for g, w in zip(got, want):
+            assert_close(g, w, dtype, err_msg=str(kwargs))
+    loss, grad = fastloss.cross_entropy_with_grad(x, t, backend="cython", reduction="none")
+    ignored = t == -100
+    assert np.all(loss[ignored] == 0) and np.all(grad[ignored] == 0)
+    if n >= 17:
+        for r in (5, 6, 16):
+            if t[r] != -100:
+                assert np.isnan(loss[r]) and np.all(np.isnan(grad[r]))
+        if c > 1:
+            assert np.isfinite(loss[7]) and grad[8, 0] == 0 and np.isclose(loss[8], 0.0)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("c", (10, 32, 33))
+def test_cross_entropy_short_rows_lse_and_forward(c, dtype):
+    """The raw kernel: lse of counted / ignored / poisoned rows, and the forward alone."""
+    from fastloss._ext import _cython
+    rng = np.random.default_rng(c)
+    n = 37
+    x = _logits(rng, n, c, dtype)
+    t = rng.integers(0, c, n)
+    t[::5] = -100
+    scale = rng.uniform(0.5, 1.5, n)
+    outs = {}
+    for name, backend in (("c", _cython), ("ref", _backends.resolve("numpy")[1])):
+        loss, lse, grad = np.empty(n), np.empty(n), np.empty_like(x)
+        backend.cross_entropy(x, t, None, -100, 0.0, 0.0, 1.0, 0.0, scale, loss, lse, grad, 1)
+        loss_f = np.empty(n)
+        backend.cross_entropy(x, t, None, -100, 0.0, 0.0, 1.0, 0.0, None, loss_f, None, None, 1)
+        outs[name] = (loss, lse, grad, loss_f)
+    for got, want in zip(outs["c"], outs["ref"]):
+        assert_close(got, want, dtype)
+    lse = outs["c"][1]
+    assert np.all(lse[t == -100] == 0)
+    assert lse[5] == np.inf or t[5] == -100
+    assert np.isneginf(lse[6]) or t[6] == -100
+    assert np.isnan(lse[3]) or t[3] == -100
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("c", (10, 32, 33))
+def test_short_rows_bit_identical_over_threads(c, dtype):
+    rng = np.random.default_rng(7)
+    n = 40_003  # over the one-thread size, split at rows that are not multiples of 16
+    x = _logits(rng, n, c, dtype)
+    t = rng.integers(0, c, n)
+    t[::9] = -100
+    first = fastloss.cross_entropy_with_grad(x, t, backend="cython", reduction="none",
+                                             n_threads=1)
+    for threads in (2, 3, 7):
+        again = fastloss.cross_entropy_with_grad(x, t, backend="cython", reduction="none",
+                                                 n_threads=threads)
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+    t[t == -100] = 0
+    first = cross_entropy_grad_hess(x, t, backend="cython", n_threads=1)
+    for threads in (2, 3):
+        again = cross_entropy_grad_hess(x, t, backend="cython", n_threads=threads)
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("order", ("C", "F"))
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("c", CLASSES)
+@pytest.mark.parametrize("n", ROWS)
+def test_grad_hess_short_rows(n, c, dtype, order):
+    rng = np.random.default_rng(n * 100 + c + 1)
+    x = _logits(rng, n, c, dtype)
+    t = rng.integers(0, c, n)
+    w = rng.uniform(0.1, 2.0, n)
+    for kwargs in ({}, {"sample_weight": w}, {"label_smoothing": 0.1, "hessian_scale": 2.0},
+                   {"sample_weight": w, "min_hessian": 1e-3}):
+        got = cross_entropy_grad_hess(x, t, backend="cython", order=order, **kwargs)
+        want = cross_entropy_grad_hess(x, t, backend="numpy", order=order, **kwargs)
+        for g, e in zip(got, want):
+            assert g.flags.f_contiguous == (order == "F") or c == 1 or n == 1
+            assert_close(g, e, dtype, err_msg=str(kwargs))
+        if n >= 17:
+            for r in (3, 5, 6, 16):
+                assert np.all(np.isnan(got[0][r])) and np.all(np.isnan(got[1][r]))
