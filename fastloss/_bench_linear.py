@@ -5,7 +5,8 @@ For each shape ``(N, H, V)`` (rows, features, classes) it times the forward and 
 
 * ``fastloss linear``: :func:`fastloss._linear.linear_cross_entropy_with_grad` (chunked);
 * ``limit: 3 matmuls``: the three products alone (``x @ W.T``, ``g @ W``, ``g.T @ x`` into
-  preallocated arrays), what any implementation must compute;
+  preallocated arrays, on the BLAS fastloss's products use), what any implementation must
+  compute;
 * ``numpy unfused``: ``x @ W.T``, fastloss's fused cross-entropy in place, the two products;
 * ``torch unfused``: ``F.cross_entropy(x @ W.T, y)`` and ``backward()``;
 * ``torch linear_cross_entropy``: ``F.linear_cross_entropy`` with its chunked options and
@@ -131,10 +132,19 @@ def _implementations(x, w, y, n_threads):
     gx = np.empty((n, h), dtype=x.dtype)
     gw = np.empty((v, h), dtype=x.dtype)
 
+    # the products on the BLAS fastloss's linear uses (SciPy's when importable): NumPy and
+    # SciPy each bundle an OpenBLAS, and two pools taking turns in one process slow each
+    # other (a pool's threads spin for a while after its last call), so the limit must not
+    # be measured on the other one
+    products = _linear._Products()
+
     def limit():
-        np.matmul(x, w.T, out=logits)
-        np.matmul(logits, w, out=gx)
-        np.matmul(logits.T, x, out=gw)
+        products.logits(x, w, None, logits)
+        products.grad_input(logits, w, gx)
+        if products.scipy:
+            _linear._gemm(logits.T, x, gw, 0.0)
+        else:
+            np.matmul(logits.T, x, out=gw)
         return None
 
     impls["limit: 3 matmuls"] = (limit, False, True)
