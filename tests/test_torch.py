@@ -590,7 +590,7 @@ def test_linear_cross_entropy_soft_targets_and_batch_shape(gen):
 def test_linear_cross_entropy_gradcheck_and_opcheck(gen):
     x, w, b, y = _lce_inputs(gen, n=5, h=3, v=4)
     for reduction in REDUCTIONS:
-        def fn(x_, w_, b_):
+        def fn(x_, w_, b_, reduction=reduction):
             return ft.linear_cross_entropy(x_, w_, y, linear_bias=b_, reduction=reduction,
                                            chunk_size=2, z_loss=0.01)
         leaves = tuple(t.clone().requires_grad_() for t in (x, w, b))
