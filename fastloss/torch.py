@@ -329,13 +329,19 @@ def _is_one(grad_loss: Tensor) -> bool:
             and grad_loss.item() == 1.0)
 
 
-def _scaled(grad: Tensor, grad_loss: Tensor, broadcast_rows: bool) -> Tensor:
+def _check_backward(grad: Tensor) -> None:
+    """A saved gradient can be used: the forward computed one, and this is not a double
+    backward."""
     if grad.numel() == 0 and grad.shape == _NO_GRAD:
         raise RuntimeError("fastloss.torch: the forward was run without a gradient (the "
                            "logits did not require grad, or grad mode was off)")
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         raise RuntimeError("fastloss.torch losses support a single backward; double "
                            "backward (create_graph=True) is not implemented")
+
+
+def _scaled(grad: Tensor, grad_loss: Tensor, broadcast_rows: bool) -> Tensor:
+    _check_backward(grad)
     if _is_one(grad_loss):
         return grad
     return grad * (grad_loss.unsqueeze(-1) if broadcast_rows else grad_loss)
@@ -676,12 +682,7 @@ def _lce_backward(ctx, grad_loss, *_grads_of_grads):
                                             linear_bias, weight, *ctx.options)
     else:
         grads = ctx.saved_tensors
-        if grads[0].shape == _NO_GRAD and grads[0].numel() == 0:
-            raise RuntimeError("fastloss.torch: the forward was run without a gradient (no "
-                               "input required grad, or grad mode was off)")
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            raise RuntimeError("fastloss.torch losses support a single backward; double "
-                               "backward (create_graph=True) is not implemented")
+        _check_backward(grads[0])
         one = _is_one(grad_loss)
         gx, gw, gb = (g if one else g * grad_loss for g in grads)
     return (gx, gw, None, gb if ctx.has_bias else None) + nothing[4:]
