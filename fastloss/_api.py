@@ -36,8 +36,8 @@ __all__ = [
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float16 is computed in float32 (and returned as float16)."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    """float16 and bfloat16 are computed in float32 (and returned in their own dtype)."""
+    return np.dtype(np.float32) if V.is_half(dtype) else np.dtype(dtype)
 
 
 @dataclass
@@ -66,6 +66,15 @@ class _Call:
         """``a`` as the backend's C-contiguous (rows, C) array in the compute dtype."""
         return self.module.as_rows(a, self.n_cols, self.dtype)
 
+    def logit_rows(self, kernel: str):
+        """The logits as (rows, C) for ``kernel``: 16-bit logits stay 16-bit where the
+        backend's kernel reads them natively (its ``NATIVE_HALF``), so that the gradient is
+        written in their dtype too; elsewhere they become float32."""
+        if (V.is_half(self.logits.dtype)
+                and kernel in getattr(self.module, "NATIVE_HALF", ())):
+            return self.module.as_rows(self.logits, self.n_cols, self.logits.dtype)
+        return self.rows(self.logits)
+
 
 def _setup(spec, logits, reduction, backend, n_threads) -> _Call:
     logits = V.floating(logits, spec.input_name, min_ndim=0 if spec.elementwise else 1)
@@ -88,7 +97,7 @@ def _loss(name, want_grad, logits, target, options, reduction, backend, n_thread
         grad_output = V.grad_output(grad_output, call.reduction, call.loss_shape)
         out = V.out_array(out, call.logits)
     prepared = spec.prepare(call, call.logits, target, o)
-    x = call.rows(call.logits)
+    x = call.logit_rows(spec.kernel)
     n_rows, n_cols = x.shape
     mean = call.reduction in ("mean", "batchmean")
     # Python floats: 1/0 is inf here (every target ignored: the loss is 0 * inf = NaN, as in
@@ -108,7 +117,8 @@ def _loss(name, want_grad, logits, target, options, reduction, backend, n_thread
             scale = go.reshape(n_rows, n_cols) if spec.elementwise else \
                 np.ascontiguousarray(go.reshape(-1))
         grad_is_out = out is not None and out.dtype == x.dtype
-        grad = call.rows(out) if grad_is_out else call.module.empty((n_rows, n_cols), x.dtype)
+        grad = (call.module.as_rows(out, n_cols, x.dtype) if grad_is_out
+                else call.module.empty((n_rows, n_cols), x.dtype))
     loss_rows = np.empty((n_rows, n_cols) if spec.elementwise and call.reduction == "none"
                          else (n_rows,))
 
@@ -234,7 +244,7 @@ def _finish_grad(call, grad, out, grad_is_out):
     if grad_is_out:
         return out
     grad = grad.reshape(tuple(call.logits.shape))
-    if out is not None:  # a float16 out: the float32 gradient, rounded
+    if out is not None:  # a 16-bit out: the float32 gradient, rounded
         out[...] = grad
         return out
     return grad if grad.dtype == call.logits.dtype else grad.astype(call.logits.dtype)

@@ -28,7 +28,22 @@ QUICK_SHAPES = [(512, 10), (64, 1000)]
 # the first case of each loss in the table: its plainest variant
 ALL_LOSSES = [next(c.id for c in CASES if c.loss == name) for name in _losses.LOSSES]
 DEFAULT_LOSSES = ALL_LOSSES[:1]
-TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12)}
+TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12),
+             # 16-bit results: the float32 values rounded once (an ulp is 2^-8 / 2^-11)
+             "bfloat16": (8e-3, 1e-6), "float16": (1e-3, 1e-6)}
+
+
+def _dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _raw(a):
+    """16-bit arrays as uint16 (what the Numba copy and read can move), others as they are."""
+    return a.view(np.uint16) if a.dtype.itemsize == 2 else a
 
 
 @dataclass
@@ -96,8 +111,15 @@ def _torch_peer(case, logits, args, mode, threads, device="cpu"):
     if threads:
         torch.set_num_threads(threads)
     spec = case.spec
-    x = torch.tensor(logits, device=device)
-    targets = [torch.tensor(np.asarray(a), device=device) for a in args]
+
+    def tensor(a):
+        a = np.asarray(a)
+        if a.dtype.name == "bfloat16":  # torch cannot read ml_dtypes' bfloat16: same bits
+            return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16).to(device)
+        return torch.tensor(a, device=device)
+
+    x = tensor(logits)
+    targets = [tensor(a) for a in args]
 
     def loss_fn(x):
         return spec.torch(torch, x, targets[0] if targets else None, case.options({}),
@@ -111,7 +133,7 @@ def _torch_peer(case, logits, args, mode, threads, device="cpu"):
     if mode == "forward":
         def run():
             with torch.no_grad():
-                return synced((loss_fn(x).cpu().numpy(),))
+                return synced((loss_fn(x).float().cpu().numpy(),))
         return run
 
     leaf = x.clone().requires_grad_()
@@ -120,7 +142,7 @@ def _torch_peer(case, logits, args, mode, threads, device="cpu"):
         leaf.grad = None
         loss = loss_fn(leaf)
         loss.backward()
-        return synced((loss.detach().cpu().numpy(), leaf.grad.cpu().numpy()))
+        return synced((loss.detach().float().cpu().numpy(), leaf.grad.float().cpu().numpy()))
     return run_fused
 
 
@@ -129,6 +151,18 @@ def _numpy_peer(case, logits, args, mode, threads):
     if case.spec.numpy is None:
         return None
     target = np.asarray(args[0]) if args else None
+    if logits.dtype.itemsize == 2:
+        # 16-bit sums in NumPy lose every digit: a NumPy user computes in float32 and
+        # rounds the gradient back
+        t32 = target if target is None or target.dtype.kind in "iu" else \
+            target.astype(np.float32)
+        if mode == "forward":
+            return lambda: (case.spec.numpy(logits.astype(np.float32), t32, False),)
+
+        def run():
+            loss, grad = case.spec.numpy(logits.astype(np.float32), t32, True)
+            return loss, grad.astype(logits.dtype)
+        return run
     if mode == "forward":
         return lambda: (case.spec.numpy(logits, target, False),)
     return lambda: case.spec.numpy(logits, target, True)
@@ -169,8 +203,8 @@ def _limits(threads=None):
     if _backends.available("numba"):
         from ._ext import numba_cpu
 
-        return (lambda src, dst: numba_cpu.parallel_copy(src, dst, n_threads),
-                lambda src, out: numba_cpu.parallel_read(src, out, n_threads))
+        return (lambda src, dst: numba_cpu.parallel_copy(_raw(src), _raw(dst), n_threads),
+                lambda src, out: numba_cpu.parallel_read(_raw(src), out, n_threads))
     return (lambda src, dst: np.copyto(dst, src)), (lambda src, out: np.sum(src, axis=1, out=out))
 
 def parse_shapes(text):
@@ -228,7 +262,7 @@ def _backends_to_run(options):
 def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progress):
     """Time one (loss, mode, shape, dtype) on the limit, every backend and every peer."""
     copy_fn, read_fn = _limits(options.threads)
-    logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, np.dtype(dtype))
+    logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, _dtype(dtype))
     nbytes = logits.nbytes * (2 if mode == "fused" else 1)
     label = f"{case.loss} {mode} {shape[0]}x{shape[1]} {dtype}"
     buffer = np.empty_like(logits)
@@ -299,7 +333,7 @@ def _run_gpu_workload(case, mode, shape, dtype, options, budget, progress):
             return result
         return run
 
-    logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, np.dtype(dtype))
+    logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, _dtype(dtype))
     nbytes = logits.nbytes * (2 if mode == "fused" else 1)
     d_x, d_out = cuda.to_device(logits), cuda.device_array(logits.shape, logits.dtype)
     d_args = tuple(cuda.to_device(np.ascontiguousarray(a)) for a in args)

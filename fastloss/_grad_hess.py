@@ -143,7 +143,7 @@ def _out_pair(out, shape, dtype, order_, raw, inputs):
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    return np.dtype(np.float32) if V.is_half(dtype) else np.dtype(dtype)
 
 
 def _empty(module, shape, dtype, order_):

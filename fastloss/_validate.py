@@ -13,6 +13,23 @@ import operator
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_bfloat16(dtype) -> bool:
+    """``ml_dtypes.bfloat16`` (what JAX and PyTorch interop give NumPy), recognised without
+    importing ml_dtypes: an array of it exists only if the caller imported it."""
+    return isinstance(dtype, np.dtype) and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
+def is_float_dtype(dtype) -> bool:
+    """float16, bfloat16, float32 or float64 (either byte order)."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" and dtype.newbyteorder("=") in FLOAT_DTYPES or is_bfloat16(dtype)
+
+
+def is_half(dtype) -> bool:
+    """The 16-bit floats, computed in float32 and returned in their own dtype."""
+    return dtype == np.float16 or is_bfloat16(dtype)
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -56,7 +73,7 @@ def _as_array(value, name: str) -> np.ndarray:
         arr = np.asarray(value)
     except Exception as exc:  # e.g. ragged lists
         raise TypeError(f"{name} must be array-like, got {type(value).__name__}: {exc}") from None
-    if arr.dtype.kind in "OVSUMm":
+    if arr.dtype.kind in "OVSUMm" and not is_bfloat16(arr.dtype):
         raise TypeError(f"{name} must be a numeric array, got {_describe(arr)}")
     if not arr.dtype.isnative:  # e.g. ">f4" read from a file: same values, native copy
         arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -82,12 +99,13 @@ def as_device_array(value):
 
 
 def floating(value, name: str, *, min_ndim: int = 0):
-    """A float16/32/64 array; integer, bool, complex or object arrays are a TypeError."""
+    """A float16/bfloat16/32/64 array; integer, bool, complex or object arrays are a
+    TypeError."""
     arr = _as_array(value, name)  # host arrays come back in native byte order
-    dtype = np.dtype(arr.dtype)
-    if dtype.newbyteorder("=") not in FLOAT_DTYPES:
+    if not is_float_dtype(arr.dtype):
         raise TypeError(
-            f"{name} must be a floating array (float16, float32 or float64), got {_describe(arr)}"
+            f"{name} must be a floating array (float16, bfloat16, float32 or float64), got "
+            f"{_describe(arr)}"
         )
     shape = tuple(arr.shape)
     if len(shape) < min_ndim:
@@ -104,7 +122,7 @@ def real(value, name: str) -> np.ndarray:
     """A real (bool, integer or floating) array, in native byte order (``dtype.kind`` does
     not depend on the byte order)."""
     arr = _as_array(value, name)
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and not is_bfloat16(arr.dtype):
         raise TypeError(f"{name} must be a real numeric array, got {_describe(arr)}")
     return arr
 
@@ -157,7 +175,7 @@ def _position(flat_index: int, shape: tuple) -> str:
 def is_probability_target(target, logits) -> bool:
     """Soft (probability) targets are floating arrays of the logits' shape."""
     arr = _as_array(target, "target")
-    return arr.dtype.kind == "f" and tuple(arr.shape) == tuple(logits.shape)
+    return is_float_dtype(arr.dtype) and tuple(arr.shape) == tuple(logits.shape)
 
 
 def class_target(target, logits, ignore_index: int | None) -> np.ndarray:
@@ -168,7 +186,7 @@ def class_target(target, logits, ignore_index: int | None) -> np.ndarray:
     arr = _as_array(target, "target")
     batch_shape = tuple(logits.shape)[:-1]
     n_classes = tuple(logits.shape)[-1]
-    if arr.dtype.kind == "f":
+    if arr.dtype.kind == "f" or is_bfloat16(arr.dtype):
         if tuple(arr.shape) == batch_shape:
             raise TypeError(
                 f"target holds class indices of shape {batch_shape} and must be an integer "
@@ -349,7 +367,7 @@ def temperature(value) -> float:
 
 
 def supported_on_device(value, name: str) -> None:
-    """GPU arrays are computed in their own dtype: float16 ones are refused."""
-    if is_device_array(value) and value.dtype == np.float16:
-        raise TypeError(f"{name} is a float16 GPU array, which is not supported; "
+    """GPU arrays are computed in their own dtype: 16-bit ones are refused."""
+    if is_device_array(value) and is_half(np.dtype(value.dtype)):
+        raise TypeError(f"{name} is a {value.dtype} GPU array, which is not supported; "
                         "use float32 or float64")

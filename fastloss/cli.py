@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "Hessian objectives; adapters: fastloss.torch / fastloss.jax")
     bench.add_argument("--shapes", help="comma-separated NxC list, e.g. 2048x32768,512x128256")
     bench.add_argument("--dtype", default="float32",
-                       choices=["float32", "float64", "both"])
+                       choices=["float32", "float64", "both", "bfloat16", "float16"],
+                       help="both: float32 and float64; bfloat16 needs ml_dtypes")
     bench.add_argument("--backends", help="comma-separated backends (default: all available)")
     bench.add_argument("--threads", type=int, help="threads for every kernel and peer")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs (linear workload)")

@@ -69,10 +69,31 @@ _NO_GRAD = (0,)  # shape of the placeholder "grad" output of a forward-only call
 # tensors <-> arrays
 
 
+def _bfloat16():
+    """NumPy's bfloat16 (ml_dtypes), or None when ml_dtypes is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def _array(t: Tensor):
-    """What fastloss reads: an ndarray view of a CPU tensor (no copy), or the CUDA tensor
-    itself (fastloss views it through ``__cuda_array_interface__``)."""
-    return t if t.is_cuda else t.numpy()
+    """What fastloss reads: an ndarray view of a CPU tensor (no copy; bfloat16 as
+    ml_dtypes' bfloat16, the same bits), or the CUDA tensor itself (fastloss views it
+    through ``__cuda_array_interface__``)."""
+    if t.is_cuda:
+        return t
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_bfloat16())
+    return t.numpy()
+
+
+def _tensor(a: np.ndarray) -> Tensor:
+    """A CPU tensor viewing an ndarray (ml_dtypes' bfloat16 as torch.bfloat16)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _backend(backend: str, t: Tensor) -> str:
@@ -83,10 +104,13 @@ def _threads(n_threads: int) -> int:
     return n_threads if n_threads > 0 else torch.get_num_threads()
 
 
-def _compute(t: Tensor) -> Tensor:
-    """A detached, contiguous float32/float64 tensor (float16/bfloat16 are upcast: a copy)."""
+def _compute(t: Tensor, keep_half: bool = True) -> Tensor:
+    """A detached, contiguous tensor fastloss reads: CPU float16/bfloat16 stay 16-bit when
+    ``keep_half`` (the losses read them natively; bfloat16 needs ml_dtypes), else they
+    become float32 (a copy)."""
     t = t.detach()
-    if t.dtype in _HALF:
+    if t.dtype in _HALF and (not keep_half or t.is_cuda
+                             or (t.dtype == torch.bfloat16 and _bfloat16() is None)):
         return t.to(torch.float32, memory_format=torch.contiguous_format)
     return t.contiguous()
 
@@ -108,6 +132,8 @@ def _host64(t: Optional[Tensor]) -> Optional[np.ndarray]:
 
 def _loss_tensor(loss, dtype: torch.dtype, device: torch.device) -> Tensor:
     if isinstance(loss, np.ndarray):
+        if loss.dtype.name == "bfloat16":
+            loss = loss.astype(np.float32)  # exact
         out = torch.from_numpy(loss).to(dtype)
     else:
         out = torch.tensor(float(loss), dtype=dtype)
@@ -124,7 +150,7 @@ def _fused(with_grad, forward, logits: Tensor, args: tuple, kwargs: dict, *, wan
     if not want_grad:
         loss = forward(_array(x), *args, **kwargs)
         return _loss_tensor(loss, logits.dtype, logits.device), None
-    # x is a private copy for float16/bfloat16 or non-contiguous logits: the gradient
+    # x is a private copy for upcast float16/bfloat16 or non-contiguous logits: the gradient
     # can overwrite it; for in-place calls it overwrites the logits themselves.  Otherwise
     # fastloss allocates it (on the CPU NumPy asks for huge pages: fewer page faults than
     # torch.empty)
@@ -137,7 +163,7 @@ def _fused(with_grad, forward, logits: Tensor, args: tuple, kwargs: dict, *, wan
         loss, _ = with_grad(_array(x), *args, out=g, **kwargs)
     else:
         loss, grad = with_grad(_array(x), *args, **kwargs)
-        g = torch.from_numpy(grad)
+        g = _tensor(grad)
     if g.dtype != logits.dtype:
         g = g.to(logits.dtype)
     if consume and g.data_ptr() != logits.data_ptr():
@@ -575,8 +601,8 @@ def _lce_arrays(input, linear_weight, target, linear_bias):
             raise NotImplementedError(
                 f"fastloss.torch.linear_cross_entropy runs on the CPU (NumPy's BLAS); {name} "
                 "is a CUDA tensor")
-    x, w = _compute(input), _compute(linear_weight)
-    b = None if linear_bias is None else _compute(linear_bias)
+    x, w = _compute(input, False), _compute(linear_weight, False)
+    b = None if linear_bias is None else _compute(linear_bias, False)
     return x, w, b, _as(target, x.dtype)
 
 

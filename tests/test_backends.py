@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -52,16 +53,31 @@ def test_backend_matches_reference(case, dtype, backend):
                 assert_close(grad, scale * grad_rows, dtype, err_msg=msg)
 
 
+HALF_DTYPES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
+
+
+@pytest.mark.parametrize("half", HALF_DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_float16_is_computed_in_float32(case, backend):
-    logits, args, kwargs = case.inputs(np.random.default_rng(6), (6, 9), np.float16)
-    loss, grad = case.with_grad(logits, *args, **kwargs, reduction="sum", backend=backend)
-    assert loss.dtype == np.float16 and grad.dtype == np.float16
-    args32 = tuple(a.astype(np.float32) if a.dtype == np.float16 else a for a in args)
-    loss32, grad32 = case.with_grad(logits.astype(np.float32), *args32, **kwargs,
-                                    reduction="sum", backend=backend)
-    assert loss == loss32.astype(np.float16)
-    np.testing.assert_array_equal(grad, grad32.astype(np.float16))
+def test_16_bit_logits_are_computed_in_float32(case, half, backend):
+    """float16 / bfloat16 give the float32 results on the same values, rounded to the 16-bit
+    dtype (whether the backend reads them natively or converts them)."""
+    for shape in [(6, 9), (70, 1100)]:  # one block of classes; several rows per thread
+        logits, args, kwargs = case.inputs(np.random.default_rng(6), shape, np.float32)
+        logits = logits.astype(half)
+        args = tuple(a.astype(half) if a.dtype == np.float32 else a for a in args)
+        for reduction in ("sum", "none"):
+            loss, grad = case.with_grad(logits, *args, **kwargs, reduction=reduction,
+                                        backend=backend)
+            assert loss.dtype == half and grad.dtype == half
+            args32 = tuple(a.astype(np.float32) if a.dtype == half else a for a in args)
+            loss32, grad32 = case.with_grad(logits.astype(np.float32), *args32, **kwargs,
+                                            reduction=reduction, backend=backend)
+            # the loss is rounded once from float64 (float32 then 16 bits may round twice)
+            with np.errstate(over="ignore"):  # float16 sums of 77000 values may overflow
+                expected = loss32.astype(half).astype(np.float64)
+            np.testing.assert_allclose(loss.astype(np.float64), expected,
+                                       rtol=float(ml_dtypes.finfo(half).eps), atol=1e-30)
+            np.testing.assert_array_equal(grad, grad32.astype(half))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -633,3 +633,34 @@ def test_linear_cross_entropy_errors(gen):
     with torch.no_grad():
         loss = ft.linear_cross_entropy(x.requires_grad_(), w, y)
     assert loss.grad_fn is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_16_bit_tensors_reach_the_kernels_without_a_float32_copy(dtype, gen, monkeypatch):
+    """CPU bfloat16 / float16 logits are handed to fastloss as 16-bit arrays viewing the
+    tensor (the C kernels read them natively); the gradient comes back bit for bit as the
+    NumPy API's.  Without ml_dtypes, bfloat16 is upcast and gives the same numbers."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = (torch.randn(40, 1500, generator=gen) * 3).to(dtype)
+    y = torch.randint(0, 1500, (40,), generator=gen)
+    seen = []
+    original = fastloss.cross_entropy_with_grad
+
+    def spy(logits, *args, **kwargs):
+        seen.append(logits.dtype)
+        return original(logits, *args, **kwargs)
+
+    monkeypatch.setattr(fastloss, "cross_entropy_with_grad", spy)
+    leaf = x.clone().requires_grad_()
+    ft.cross_entropy(leaf, y, reduction="sum").backward()
+    half = np.dtype(ml_dtypes.bfloat16) if dtype == torch.bfloat16 else np.dtype(np.float16)
+    assert seen == [half]
+    as_array = ft._array(x)
+    _, grad = original(as_array, y.numpy(), reduction="sum")
+    assert leaf.grad.dtype == dtype
+    np.testing.assert_array_equal(ft._array(leaf.grad).view(np.uint16), grad.view(np.uint16))
+    if dtype == torch.bfloat16:
+        monkeypatch.setattr(ft, "_bfloat16", lambda: None)
+        upcast = x.clone().requires_grad_()
+        ft.cross_entropy(upcast, y, reduction="sum").backward()
+        torch.testing.assert_close(upcast.grad, leaf.grad, rtol=0, atol=0)

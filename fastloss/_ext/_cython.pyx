@@ -12,7 +12,7 @@ import numpy as np
 
 from fastloss._numpy_kernels import as_rows, empty  # host memory, as the reference
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 
 from fastloss._ext.fastloss cimport (
     FASTLOSS_E_MEMORY,
@@ -104,11 +104,58 @@ cdef extern from "rows.h" nogil:
     int fl_logsumexp_rows_f64(int64_t n, int64_t c, const double *x, double *out,
                               int n_threads)
 
+    int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                                  const int64_t *target_index, const float *target_prob,
+                                  const double *weight, int64_t ignore_index,
+                                  double label_smoothing, double softcap,
+                                  double inv_temperature, double z_grad,
+                                  const double *row_scale, double *loss, double *lse,
+                                  uint16_t *grad, int n_threads)
+    int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                                  const float *target, int log_target,
+                                  const double *row_scale, double *loss, uint16_t *grad,
+                                  int n_threads)
+    int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                                const int64_t *target_index, const float *target_prob,
+                                const double *row_scale, double *loss, uint16_t *grad,
+                                int n_threads)
+    int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                            const double *row_scale, double *loss, uint16_t *grad,
+                            int n_threads)
+    void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst)
+    void fl_float_to_half(int64_t n, int format, const float *src, uint16_t *dst)
+
 ctypedef fused real:
     float
     double
 
 ACCEPTS_DEVICE_ARRAYS = False
+
+# The kernels that read 16-bit logits (bfloat16, float16) in place and write a 16-bit
+# gradient (src/fastloss.c); the driver gives the others float32 rows.
+NATIVE_HALF = frozenset({"cross_entropy", "kl_divergence", "softmax_mse", "entropy"})
+
+
+cdef int _half_format(dtype):
+    """1 for bfloat16 (ml_dtypes), 2 for float16, 0 for the other dtypes."""
+    if dtype.itemsize != 2:
+        return 0
+    if dtype == np.float16:
+        return 2
+    return 1 if dtype.name == "bfloat16" else 0
+
+
+cdef inline uint16_t *_bits(grad) except? NULL:
+    cdef uint16_t[:, ::1] g
+    if grad is None:
+        return NULL
+    g = grad.view(np.uint16)
+    return &g[0, 0]
+
+
+cdef inline const uint16_t *_bits_in(x) except? NULL:
+    cdef const uint16_t[:, ::1] v = x.view(np.uint16)
+    return &v[0, 0]
 
 
 def unavailable_reason():
@@ -183,6 +230,34 @@ cdef int _cross_entropy(const real[:, ::1] x, target, const double[::1] weight,
                                                z_grad, sc, lo, ls, g, n_threads)
     return _check(status)
 
+cdef int _cross_entropy_h16(int fmt, x, target, const double[::1] weight,
+                            int64_t ignore_index, double label_smoothing, double softcap,
+                            double inv_temperature, double z_grad, const double[::1] scale,
+                            double[::1] loss, double[::1] lse, grad, int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef const uint16_t *xp = _bits_in(x)
+    cdef uint16_t *g = _bits(grad)
+    cdef const int64_t[::1] index
+    cdef const float[:, ::1] probs
+    cdef const int64_t *ip = NULL
+    cdef const float *pp = NULL
+    cdef const double *w = _opt(weight)
+    cdef const double *sc = _opt(scale)
+    cdef double *lo = _out(loss)
+    cdef double *ls = _out(lse)
+    cdef int status
+    if target.ndim == 1:
+        index = target
+        ip = &index[0]
+    else:
+        probs = target
+        pp = &probs[0, 0]
+    with nogil:
+        status = fl_cross_entropy_rows_h16(n, c, fmt, xp, ip, pp, w, ignore_index,
+                                           label_smoothing, softcap, inv_temperature, z_grad,
+                                           sc, lo, ls, g, n_threads)
+    return _check(status)
+
 
 def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv_temperature,
                   z_grad, scale, loss, lse, grad, n_threads):
@@ -192,7 +267,11 @@ def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv
     ``z_grad`` adds ``scale_i * z_grad * 2 * lse_i * p_ic`` to the gradient; ``lse`` (N,)
     float64 or None receives the logsumexp of each transformed row (0 when ignored).
     """
-    if x.dtype == np.float32:
+    cdef int fmt = _half_format(x.dtype)
+    if fmt:
+        _cross_entropy_h16(fmt, x, target, weight, ignore_index, label_smoothing, softcap,
+                           inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
+    elif x.dtype == np.float32:
         _cross_entropy[float](x, target, weight, ignore_index, label_smoothing, softcap,
                               inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
     else:
@@ -349,8 +428,34 @@ cdef int _softmax_mse(const real[:, ::1] x, target, const double[::1] scale,
     return _check(status)
 
 
+cdef int _softmax_mse_h16(int fmt, x, target, const double[::1] scale, double[::1] loss,
+                          grad, int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef const uint16_t *xp = _bits_in(x)
+    cdef uint16_t *g = _bits(grad)
+    cdef const double *sc = _opt(scale)
+    cdef double *lo = _out(loss)
+    cdef const int64_t[::1] index
+    cdef const float[:, ::1] probs
+    cdef const int64_t *ip = NULL
+    cdef const float *pp = NULL
+    cdef int status
+    if target.ndim == 1:
+        index = target
+        ip = &index[0]
+    else:
+        probs = target
+        pp = &probs[0, 0]
+    with nogil:
+        status = fl_softmax_mse_rows_h16(n, c, fmt, xp, ip, pp, sc, lo, g, n_threads)
+    return _check(status)
+
+
 def softmax_mse(x, target, scale, loss, grad, n_threads):
-    if x.dtype == np.float32:
+    cdef int fmt = _half_format(x.dtype)
+    if fmt:
+        _softmax_mse_h16(fmt, x, target, scale, loss, grad, n_threads)
+    elif x.dtype == np.float32:
         _softmax_mse[float](x, target, scale, loss, grad, n_threads)
     else:
         _softmax_mse[double](x, target, scale, loss, grad, n_threads)
@@ -376,8 +481,26 @@ cdef int _kl_divergence(const real[:, ::1] x, const real[:, ::1] target, bint lo
     return _check(status)
 
 
+cdef int _kl_divergence_h16(int fmt, x, const float[:, ::1] target, bint log_target,
+                            const double[::1] scale, double[::1] loss, grad,
+                            int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef const uint16_t *xp = _bits_in(x)
+    cdef uint16_t *g = _bits(grad)
+    cdef const double *sc = _opt(scale)
+    cdef double *lo = _out(loss)
+    cdef int status
+    with nogil:
+        status = fl_kl_divergence_rows_h16(n, c, fmt, xp, &target[0, 0], log_target, sc, lo,
+                                           g, n_threads)
+    return _check(status)
+
+
 def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
-    if x.dtype == np.float32:
+    cdef int fmt = _half_format(x.dtype)
+    if fmt:
+        _kl_divergence_h16(fmt, x, target, log_target, scale, loss, grad, n_threads)
+    elif x.dtype == np.float32:
         _kl_divergence[float](x, target, log_target, scale, loss, grad, n_threads)
     else:
         _kl_divergence[double](x, target, log_target, scale, loss, grad, n_threads)
@@ -400,8 +523,24 @@ cdef int _entropy(const real[:, ::1] x, const double[::1] scale, double[::1] los
     return _check(status)
 
 
+cdef int _entropy_h16(int fmt, x, const double[::1] scale, double[::1] loss, grad,
+                      int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef const uint16_t *xp = _bits_in(x)
+    cdef uint16_t *g = _bits(grad)
+    cdef const double *sc = _opt(scale)
+    cdef double *lo = _out(loss)
+    cdef int status
+    with nogil:
+        status = fl_entropy_rows_h16(n, c, fmt, xp, sc, lo, g, n_threads)
+    return _check(status)
+
+
 def entropy(x, scale, loss, grad, n_threads):
-    if x.dtype == np.float32:
+    cdef int fmt = _half_format(x.dtype)
+    if fmt:
+        _entropy_h16(fmt, x, scale, loss, grad, n_threads)
+    elif x.dtype == np.float32:
         _entropy[float](x, scale, loss, grad, n_threads)
     else:
         _entropy[double](x, scale, loss, grad, n_threads)
@@ -480,3 +619,27 @@ def logsumexp(x, out, n_threads):
         _logsumexp[float](x, out, n_threads)
     else:
         _logsumexp[double](x, out, n_threads)
+
+
+# ------------------------------------------------------------------ 16-bit conversions
+
+def half_to_float(x):
+    """A float32 copy of a bfloat16 / float16 array (exact)."""
+    cdef int fmt = _half_format(x.dtype)
+    cdef const uint16_t[::1] src = np.ascontiguousarray(x).reshape(-1).view(np.uint16)
+    out = np.empty(x.shape, np.float32)
+    cdef float[::1] dst = out.reshape(-1)
+    if src.shape[0]:
+        fl_half_to_float(src.shape[0], fmt, &src[0], &dst[0])
+    return out
+
+
+def float_to_half(x, dtype):
+    """float32 ``x`` rounded to nearest even into a new array of the 16-bit ``dtype``."""
+    cdef int fmt = _half_format(np.dtype(dtype))
+    cdef const float[::1] src = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty(x.shape, dtype)
+    cdef uint16_t[::1] dst = out.reshape(-1).view(np.uint16)
+    if src.shape[0]:
+        fl_float_to_half(src.shape[0], fmt, &src[0], &dst[0])
+    return out

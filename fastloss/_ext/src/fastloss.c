@@ -285,3 +285,204 @@ static int fl_use_wide(int64_t c) {
 #undef FNW
 #undef FN64
 #undef FL_CHUNK
+
+/* ------------------------------------------------------------------ 16-bit logits
+ *
+ * bfloat16 and float16 logits (and their gradient) are read and written in their own 16-bit
+ * storage; the math is the float kernels'.  Each thread converts a few rows (at most
+ * FL_HALF_FLOATS values, so they stay in its cache) into a float buffer, runs the float
+ * chunk function on that buffer with the gradient written over it in place (the kernel
+ * protocol allows grad == x), and rounds the gradient back to 16 bits, to nearest even.
+ * Memory traffic is then that of the 16-bit arrays: half of float32's.
+ */
+
+#define FL_HALF_FLOATS 32768
+
+typedef union {
+    float f;
+    uint32_t u;
+} fl_bits;
+
+FL_INLINE float fl_from_bf16(uint16_t h) {
+    fl_bits b = {.u = (uint32_t)h << 16};
+    return b.f;
+}
+
+/* Round to nearest even; a NaN stays a (quiet) NaN, overflow gives +-inf. */
+FL_INLINE uint16_t fl_to_bf16(float f) {
+    fl_bits b = {.f = f};
+    const uint32_t rounded = (b.u + 0x7FFFu + ((b.u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (b.u >> 16) | 0x40u;
+    return (uint16_t)((b.u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
+}
+
+/* IEEE binary16 -> float, exact (subnormals, +-inf and NaN included), without F16C so that
+   it builds everywhere; branch-free so that the loops vectorise. */
+FL_INLINE float fl_from_f16(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t em = h & 0x7FFFu; /* exponent and mantissa */
+    fl_bits normal = {.u = (em << 13) + ((127u - 15u) << 23)};
+    fl_bits special = {.u = (em << 13) | 0x7F800000u}; /* inf, NaN (payload kept) */
+    const float small = (float)(int32_t)em * 5.9604644775390625e-08f; /* em < 0x400: em 2^-24 */
+    fl_bits out;
+    out.f = em < 0x400u ? small : normal.f;
+    out.u = em >= 0x7C00u ? special.u : out.u;
+    out.u |= sign;
+    return out.f;
+}
+
+/* float -> IEEE binary16, round to nearest even; overflow gives +-inf, NaN a quiet NaN. */
+FL_INLINE uint16_t fl_to_f16(float f) {
+    fl_bits b = {.f = f};
+    const uint32_t sign = (b.u >> 16) & 0x8000u;
+    const uint32_t a = b.u & 0x7FFFFFFFu;
+    /* normal results: rebias and round the 13 dropped bits to nearest even */
+    const uint32_t normal = (a + ((uint32_t)(15 - 127) << 23) + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+    /* subnormal results (|f| < 2^-14): adding 0.5 puts the value's units of 2^-24 in the low
+       bits of the sum, rounded to nearest even by the float addition itself */
+    fl_bits magic = {.u = 126u << 23}, abs_f = {.u = a};
+    fl_bits sum = {.f = abs_f.f + magic.f};
+    const uint32_t sub = sum.u - magic.u;
+    uint32_t out = a < (113u << 23) ? sub : normal;
+    out = a >= (143u << 23) ? 0x7C00u : out; /* >= 65536: inf (65520..65536 round up above) */
+    out = a > 0x7F800000u ? 0x7E00u : out;
+    return (uint16_t)(out | sign);
+}
+
+enum { FL_HALF_BF16 = 1, FL_HALF_F16 = 2 };
+
+FL_INLINE void fl_half_load(float *dst, const uint16_t *src, int64_t n, int format) {
+    if (format == FL_HALF_BF16) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dst[j] = fl_from_bf16(src[j]);
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dst[j] = fl_from_f16(src[j]);
+    }
+}
+
+FL_INLINE void fl_half_store(uint16_t *dst, const float *src, int64_t n, int format) {
+    if (format == FL_HALF_BF16) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dst[j] = fl_to_bf16(src[j]);
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dst[j] = fl_to_f16(src[j]);
+    }
+}
+
+/* A 16-bit call: the float chunk function, its arguments (linear_args_f32 or fop_args_f32,
+   whose x and grad are replaced by the buffer), and the 16-bit arrays. */
+typedef struct {
+    fl_chunk_fn chunk;
+    int linear; /* args is a linear_args_f32 (else a fop_args_f32) */
+    const void *args;
+    int64_t c;
+    int format;
+    const uint16_t *x;
+    uint16_t *grad;
+} fl_half_job;
+
+/* The arguments for rows [lo, lo + rows) as rows [0, rows) of the buffer. */
+static void fl_half_shift_linear(linear_args_f32 *a, int64_t lo, float *buf, int grad) {
+    const int64_t c = a->c;
+    a->x = buf;
+    a->grad = grad ? buf : NULL;
+    if (a->target_index) a->target_index += lo;
+    if (a->target_prob) a->target_prob += lo * c;
+    if (a->row_scale) a->row_scale += lo;
+    if (a->loss) a->loss += lo;
+    if (a->lse) a->lse += lo;
+}
+
+static void fl_half_shift_fop(fop_args_f32 *a, int64_t lo, float *buf, int grad) {
+    const int64_t c = a->c;
+    a->x = buf;
+    a->grad = grad ? buf : NULL;
+    if (a->target_index) a->target_index += lo;
+    if (a->target_prob) a->target_prob += lo * c;
+    if (a->row_scale) a->row_scale += lo;
+    if (a->loss) a->loss += lo;
+}
+
+FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
+    const fl_half_job *job = (const fl_half_job *)job_;
+    const int64_t c = job->c;
+    int64_t rows = FL_HALF_FLOATS / c;
+    if (rows < 1) rows = 1;
+    if (rows > hi - lo) rows = hi - lo;
+    float *buf = (float *)malloc((size_t)(rows * c) * sizeof(float));
+    if (!buf) return FASTLOSS_E_MEMORY;
+    int status = FASTLOSS_OK;
+    for (int64_t start = lo; start < hi && status == FASTLOSS_OK; start += rows) {
+        const int64_t r = hi - start < rows ? hi - start : rows;
+        fl_half_load(buf, job->x + start * c, r * c, job->format);
+        if (job->linear) {
+            linear_args_f32 a = *(const linear_args_f32 *)job->args;
+            fl_half_shift_linear(&a, start, buf, job->grad != NULL);
+            status = job->chunk(&a, 0, r);
+        } else {
+            fop_args_f32 a = *(const fop_args_f32 *)job->args;
+            fl_half_shift_fop(&a, start, buf, job->grad != NULL);
+            status = job->chunk(&a, 0, r);
+        }
+        if (job->grad) fl_half_store(job->grad + start * c, buf, r * c, job->format);
+    }
+    free(buf);
+    return status;
+}
+
+static int fl_half_run(int64_t n, int64_t c, int format, const uint16_t *x, uint16_t *grad,
+                       fl_chunk_fn chunk, int linear, const void *args, int n_threads) {
+    const fl_half_job job = {.chunk = chunk, .linear = linear, .args = args, .c = c,
+                             .format = format, .x = x, .grad = grad};
+    return fl_parallel_rows(n, c, n_threads, fl_half_chunk, &job);
+}
+
+int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                              const int64_t *target_index, const float *target_prob,
+                              const double *weight, int64_t ignore_index,
+                              double label_smoothing, double softcap, double inv_temperature,
+                              double z_grad, const double *row_scale, double *loss, double *lse,
+                              uint16_t *grad, int n_threads) {
+    linear_args_f32 a;
+    const fl_chunk_fn chunk =
+        ce_args_f32(&a, c, NULL, target_index, target_prob, weight, ignore_index,
+                    label_smoothing, softcap, inv_temperature, z_grad, row_scale, loss, lse,
+                    NULL);
+    return fl_half_run(n, c, format, x, grad, chunk, 1, &a, n_threads);
+}
+
+int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                              const float *target, int log_target, const double *row_scale,
+                              double *loss, uint16_t *grad, int n_threads) {
+    linear_args_f32 a;
+    const fl_chunk_fn chunk = kl_args_f32(&a, c, NULL, target, log_target, row_scale, loss, NULL);
+    return fl_half_run(n, c, format, x, grad, chunk, 1, &a, n_threads);
+}
+
+int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                            const int64_t *target_index, const float *target_prob,
+                            const double *row_scale, double *loss, uint16_t *grad,
+                            int n_threads) {
+    fop_args_f32 a;
+    const fl_chunk_fn chunk =
+        softmax_mse_args_f32(&a, c, NULL, target_index, target_prob, row_scale, loss, NULL);
+    return fl_half_run(n, c, format, x, grad, chunk, 0, &a, n_threads);
+}
+
+int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                        const double *row_scale, double *loss, uint16_t *grad, int n_threads) {
+    fop_args_f32 a;
+    const fl_chunk_fn chunk = entropy_args_f32(&a, c, NULL, row_scale, loss, NULL);
+    return fl_half_run(n, c, format, x, grad, chunk, 0, &a, n_threads);
+}
+
+/* Conversions of whole arrays (tests, and the Python side's own conversions). */
+void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst) {
+    fl_half_load(dst, src, n, format);
+}
+
+void fl_float_to_half(int64_t n, int format, const float *src, uint16_t *dst) {
+    fl_half_store(dst, src, n, format);
+}

@@ -133,6 +133,31 @@ FL_PRIVATE int fl_logsumexp_rows_f32(int64_t n, int64_t c, const float *x, doubl
 FL_PRIVATE int fl_logsumexp_rows_f64(int64_t n, int64_t c, const double *x, double *out,
                                      int n_threads);
 
+/* 16-bit logits (format 1: bfloat16, 2: IEEE float16), stored as uint16_t: the float
+   kernels' math, the gradient (may equal x) rounded to nearest even in the same format.
+   Probability targets stay float. */
+FL_PRIVATE int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                                         const int64_t *target_index, const float *target_prob,
+                                         const double *weight, int64_t ignore_index,
+                                         double label_smoothing, double softcap,
+                                         double inv_temperature, double z_grad,
+                                         const double *row_scale, double *loss, double *lse,
+                                         uint16_t *grad, int n_threads);
+FL_PRIVATE int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                                         const float *target, int log_target,
+                                         const double *row_scale, double *loss, uint16_t *grad,
+                                         int n_threads);
+FL_PRIVATE int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                                       const int64_t *target_index, const float *target_prob,
+                                       const double *row_scale, double *loss, uint16_t *grad,
+                                       int n_threads);
+FL_PRIVATE int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                                   const double *row_scale, double *loss, uint16_t *grad,
+                                   int n_threads);
+/* n values converted between a 16-bit format and float (to 16 bits: nearest even). */
+FL_PRIVATE void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst);
+FL_PRIVATE void fl_float_to_half(int64_t n, int format, const float *src, uint16_t *dst);
+
 /* ------------------------------------------------------------------ threads (threads.c) */
 
 /* Computes rows [lo, hi) of the problem described by args; returns a FASTLOSS_* code. */
