@@ -91,7 +91,7 @@ def _array(t: Tensor):
 
 def _tensor(a: np.ndarray) -> Tensor:
     """A CPU tensor viewing an ndarray (ml_dtypes' bfloat16 as torch.bfloat16)."""
-    if a.dtype.name == "bfloat16":
+    if a.dtype.kind == "V":  # ml_dtypes' bfloat16 (the only such dtype fastloss returns)
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
@@ -131,12 +131,13 @@ def _host64(t: Optional[Tensor]) -> Optional[np.ndarray]:
 
 
 def _loss_tensor(loss, dtype: torch.dtype, device: torch.device) -> Tensor:
-    if isinstance(loss, np.ndarray):
-        if loss.dtype.name == "bfloat16":
-            loss = loss.astype(np.float32)  # exact
-        out = torch.from_numpy(loss).to(dtype)
-    else:
-        out = torch.tensor(float(loss), dtype=dtype)
+    """The loss (an array, or a NumPy scalar of the logits' dtype) as a tensor of ``dtype``."""
+    a = np.asarray(loss)  # a 0-d array for a scalar: from_numpy is the cheapest way in
+    if a.dtype.kind == "V":  # ml_dtypes' bfloat16: exact through float32
+        a = a.astype(np.float32)
+    out = torch.from_numpy(a)
+    if out.dtype != dtype:
+        out = out.to(dtype)
     return out if device.type == "cpu" else out.to(device)
 
 
@@ -401,20 +402,21 @@ class _Eager(torch.autograd.Function):
     exactly as the op's registered autograd does."""
 
     @staticmethod
-    def forward(ctx, impl, broadcast_rows, logits, *args):
+    def forward(ctx, impl, args, broadcast_rows, logits):
+        # the op's other arguments travel as one tuple: autograd.Function.apply costs about
+        # 1 us per argument, and none of them gets a gradient
         loss, grad = impl(logits, *args)
         ctx.save_for_backward(grad)
         ctx.set_materialize_grads(False)
         ctx.broadcast_rows = broadcast_rows
-        ctx.n_args = len(args)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if grad_loss is None:  # not materialized: nothing flows back
-            return (None,) * (3 + ctx.n_args)
+            return None, None, None, None
         (grad,) = ctx.saved_tensors
-        return (None, None, _scaled(grad, grad_loss, ctx.broadcast_rows)) + (None,) * ctx.n_args
+        return None, None, None, _scaled(grad, grad_loss, ctx.broadcast_rows)
 
 
 def _run(op, *args) -> Tensor:
@@ -426,7 +428,7 @@ def _run(op, *args) -> Tensor:
     if not args[want_grad_at]:
         return impl(*args)[0]
     broadcast_rows = args[reduction_at] == "none" and not elementwise
-    return _Eager.apply(impl, broadcast_rows, *args)
+    return _Eager.apply(impl, args[1:], broadcast_rows, args[0])
 
 
 class _Overwrite(torch.autograd.Function):
