@@ -49,6 +49,9 @@ class _Call:
     loss_shape: tuple  # shape of the unreduced loss
     module: object  # the backend (fastloss._protocol.Kernels)
     n_threads: int
+    # 16-bit logits that the backend's kernel reads natively (its NATIVE_HALF): they, and
+    # probability targets of their dtype, are handed over as they are
+    native_half: bool = False
 
     @property
     def n_cols(self) -> int:
@@ -63,17 +66,11 @@ class _Call:
         return _compute_dtype(self.logits.dtype)
 
     def rows(self, a):
-        """``a`` as the backend's C-contiguous (rows, C) array in the compute dtype."""
-        return self.module.as_rows(a, self.n_cols, self.dtype)
-
-    def logit_rows(self, kernel: str):
-        """The logits as (rows, C) for ``kernel``: 16-bit logits stay 16-bit where the
-        backend's kernel reads them natively (its ``NATIVE_HALF``), so that the gradient is
-        written in their dtype too; elsewhere they become float32."""
-        if (V.is_half(self.logits.dtype)
-                and kernel in getattr(self.module, "NATIVE_HALF", ())):
-            return self.module.as_rows(self.logits, self.n_cols, self.logits.dtype)
-        return self.rows(self.logits)
+        """``a`` as the backend's C-contiguous (rows, C) array in the compute dtype (or, for
+        a native 16-bit call, in the logits' own dtype when ``a`` has it)."""
+        dtype = self.logits.dtype if self.native_half and a.dtype == self.logits.dtype \
+            else self.dtype
+        return self.module.as_rows(a, self.n_cols, dtype)
 
 
 def _setup(spec, logits, reduction, backend, n_threads) -> _Call:
@@ -92,12 +89,14 @@ def _loss(name, want_grad, logits, target, options, reduction, backend, n_thread
     """Every public loss function: validate -> backend -> kernel -> reduce (one driver)."""
     spec = _losses.get(name)
     call = _setup(spec, logits, reduction, backend, n_threads)
+    call.native_half = (V.is_half(call.logits.dtype)
+                        and spec.kernel in getattr(call.module, "NATIVE_HALF", ()))
     o = {option.name: option.check(options[option.name]) for option in spec.options}
     if want_grad:
         grad_output = V.grad_output(grad_output, call.reduction, call.loss_shape)
         out = V.out_array(out, call.logits)
     prepared = spec.prepare(call, call.logits, target, o)
-    x = call.logit_rows(spec.kernel)
+    x = call.rows(call.logits)
     n_rows, n_cols = x.shape
     mean = call.reduction in ("mean", "batchmean")
     # Python floats: 1/0 is inf here (every target ignored: the loss is 0 * inf = NaN, as in

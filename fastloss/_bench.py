@@ -544,7 +544,12 @@ def main(options) -> int:
         plot(results, options.plot)
         print(f"wrote {options.plot}")
     wrong = [r for r in results if r.check.startswith("WRONG")]
-    if wrong:
-        print(f"{len(wrong)} result(s) disagree with the reference", file=sys.stderr)
+    ours = [r for r in wrong if r.impl in _backends.NAMES]
+    if len(wrong) > len(ours):
+        # e.g. PyTorch and JAX sum bfloat16 rows in bfloat16: their loss, not a fastloss bug
+        print(f"{len(wrong) - len(ours)} peer result(s) differ from the reference by more "
+              f"than the dtype's tolerance", file=sys.stderr)
+    if ours:
+        print(f"{len(ours)} fastloss result(s) disagree with the reference", file=sys.stderr)
         return 1
     return 0

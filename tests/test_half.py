@@ -142,8 +142,8 @@ def test_16_bit_out_and_in_place(half):
 
 
 def test_the_c_backend_reads_16_bit_logits_in_place(monkeypatch):
-    """No float32 copy of the logits on the native path: as_rows is handed the 16-bit array
-    and returns it unconverted."""
+    """No float32 copy of the logits (or of a probability target of their dtype) on the
+    native path: as_rows is asked for the 16-bit dtype and returns the array unconverted."""
     from fastloss._ext import _cython
 
     seen = []
@@ -155,7 +155,16 @@ def test_the_c_backend_reads_16_bit_logits_in_place(monkeypatch):
         return rows
 
     monkeypatch.setattr(_cython, "as_rows", spy)
-    x = np.zeros((4, 5), ml_dtypes.bfloat16)
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    x = np.zeros((4, 5), bf16)
     fl.cross_entropy_with_grad(x, np.arange(4), backend="cython")
-    assert seen == [np.dtype(ml_dtypes.bfloat16)]
+    assert seen == [bf16]
+    # a probability target of the logits' 16-bit dtype is read in place too; another dtype
+    # is converted to float32
+    seen.clear()
+    fl.kl_divergence_with_grad(x, np.full((4, 5), 0.2, bf16), backend="cython")
+    assert seen == [bf16, bf16]
+    seen.clear()
+    fl.kl_divergence_with_grad(x, np.full((4, 5), 0.2, np.float16), backend="cython")
+    assert seen == [np.dtype(np.float32), bf16]
 

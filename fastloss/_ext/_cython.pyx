@@ -105,20 +105,20 @@ cdef extern from "rows.h" nogil:
                               int n_threads)
 
     int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                                  const int64_t *target_index, const float *target_prob,
-                                  const double *weight, int64_t ignore_index,
-                                  double label_smoothing, double softcap,
-                                  double inv_temperature, double z_grad,
+                                  const int64_t *target_index, int target_format,
+                                  const void *target_prob, const double *weight,
+                                  int64_t ignore_index, double label_smoothing,
+                                  double softcap, double inv_temperature, double z_grad,
                                   const double *row_scale, double *loss, double *lse,
                                   uint16_t *grad, int n_threads)
     int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                                  const float *target, int log_target,
+                                  int target_format, const void *target, int log_target,
                                   const double *row_scale, double *loss, uint16_t *grad,
                                   int n_threads)
     int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                                const int64_t *target_index, const float *target_prob,
-                                const double *row_scale, double *loss, uint16_t *grad,
-                                int n_threads)
+                                const int64_t *target_index, int target_format,
+                                const void *target_prob, const double *row_scale,
+                                double *loss, uint16_t *grad, int n_threads)
     int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                             const double *row_scale, double *loss, uint16_t *grad,
                             int n_threads)
@@ -156,6 +156,16 @@ cdef inline uint16_t *_bits(grad) except? NULL:
 cdef inline const uint16_t *_bits_in(x) except? NULL:
     cdef const uint16_t[:, ::1] v = x.view(np.uint16)
     return &v[0, 0]
+
+
+cdef inline const void *_probs(t, int *fmt) except? NULL:
+    """A (N, C) probability target: float32, or 16-bit (its format into fmt)."""
+    cdef const float[:, ::1] f
+    fmt[0] = _half_format(t.dtype)
+    if fmt[0]:
+        return _bits_in(t)
+    f = t
+    return &f[0, 0]
 
 
 def unavailable_reason():
@@ -238,9 +248,9 @@ cdef int _cross_entropy_h16(int fmt, x, target, const double[::1] weight,
     cdef const uint16_t *xp = _bits_in(x)
     cdef uint16_t *g = _bits(grad)
     cdef const int64_t[::1] index
-    cdef const float[:, ::1] probs
     cdef const int64_t *ip = NULL
-    cdef const float *pp = NULL
+    cdef const void *pp = NULL
+    cdef int tfmt = 0
     cdef const double *w = _opt(weight)
     cdef const double *sc = _opt(scale)
     cdef double *lo = _out(loss)
@@ -250,10 +260,9 @@ cdef int _cross_entropy_h16(int fmt, x, target, const double[::1] weight,
         index = target
         ip = &index[0]
     else:
-        probs = target
-        pp = &probs[0, 0]
+        pp = _probs(target, &tfmt)
     with nogil:
-        status = fl_cross_entropy_rows_h16(n, c, fmt, xp, ip, pp, w, ignore_index,
+        status = fl_cross_entropy_rows_h16(n, c, fmt, xp, ip, tfmt, pp, w, ignore_index,
                                            label_smoothing, softcap, inv_temperature, z_grad,
                                            sc, lo, ls, g, n_threads)
     return _check(status)
@@ -436,18 +445,17 @@ cdef int _softmax_mse_h16(int fmt, x, target, const double[::1] scale, double[::
     cdef const double *sc = _opt(scale)
     cdef double *lo = _out(loss)
     cdef const int64_t[::1] index
-    cdef const float[:, ::1] probs
     cdef const int64_t *ip = NULL
-    cdef const float *pp = NULL
+    cdef const void *pp = NULL
+    cdef int tfmt = 0
     cdef int status
     if target.ndim == 1:
         index = target
         ip = &index[0]
     else:
-        probs = target
-        pp = &probs[0, 0]
+        pp = _probs(target, &tfmt)
     with nogil:
-        status = fl_softmax_mse_rows_h16(n, c, fmt, xp, ip, pp, sc, lo, g, n_threads)
+        status = fl_softmax_mse_rows_h16(n, c, fmt, xp, ip, tfmt, pp, sc, lo, g, n_threads)
     return _check(status)
 
 
@@ -481,7 +489,7 @@ cdef int _kl_divergence(const real[:, ::1] x, const real[:, ::1] target, bint lo
     return _check(status)
 
 
-cdef int _kl_divergence_h16(int fmt, x, const float[:, ::1] target, bint log_target,
+cdef int _kl_divergence_h16(int fmt, x, target, bint log_target,
                             const double[::1] scale, double[::1] loss, grad,
                             int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
@@ -489,10 +497,12 @@ cdef int _kl_divergence_h16(int fmt, x, const float[:, ::1] target, bint log_tar
     cdef uint16_t *g = _bits(grad)
     cdef const double *sc = _opt(scale)
     cdef double *lo = _out(loss)
+    cdef int tfmt = 0
+    cdef const void *tp = _probs(target, &tfmt)
     cdef int status
     with nogil:
-        status = fl_kl_divergence_rows_h16(n, c, fmt, xp, &target[0, 0], log_target, sc, lo,
-                                           g, n_threads)
+        status = fl_kl_divergence_rows_h16(n, c, fmt, xp, tfmt, tp, log_target, sc, lo, g,
+                                           n_threads)
     return _check(status)
 
 

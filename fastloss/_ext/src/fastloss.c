@@ -381,6 +381,8 @@ typedef struct {
     int format;
     const uint16_t *x;
     uint16_t *grad;
+    const uint16_t *target; /* a 16-bit probability target (format target_format), or NULL */
+    int target_format;
 } fl_half_job;
 
 /* The arguments for rows [lo, lo + rows) as rows [0, rows) of the buffer. */
@@ -411,19 +413,24 @@ FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
     int64_t rows = FL_HALF_FLOATS / c;
     if (rows < 1) rows = 1;
     if (rows > hi - lo) rows = hi - lo;
-    float *buf = (float *)malloc((size_t)(rows * c) * sizeof(float));
+    const int64_t size = rows * c;
+    float *buf = (float *)malloc((size_t)(job->target ? 2 * size : size) * sizeof(float));
     if (!buf) return FASTLOSS_E_MEMORY;
+    float *tbuf = job->target ? buf + size : NULL;
     int status = FASTLOSS_OK;
     for (int64_t start = lo; start < hi && status == FASTLOSS_OK; start += rows) {
         const int64_t r = hi - start < rows ? hi - start : rows;
         fl_half_load(buf, job->x + start * c, r * c, job->format);
+        if (tbuf) fl_half_load(tbuf, job->target + start * c, r * c, job->target_format);
         if (job->linear) {
             linear_args_f32 a = *(const linear_args_f32 *)job->args;
             fl_half_shift_linear(&a, start, buf, job->grad != NULL);
+            if (tbuf) a.target_prob = tbuf;
             status = job->chunk(&a, 0, r);
         } else {
             fop_args_f32 a = *(const fop_args_f32 *)job->args;
             fl_half_shift_fop(&a, start, buf, job->grad != NULL);
+            if (tbuf) a.target_prob = tbuf;
             status = job->chunk(&a, 0, r);
         }
         if (job->grad) fl_half_store(job->grad + start * c, buf, r * c, job->format);
@@ -432,50 +439,64 @@ FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
     return status;
 }
 
+/* target_format 0: the target (if any) is float, already in args; else a 16-bit target. */
 static int fl_half_run(int64_t n, int64_t c, int format, const uint16_t *x, uint16_t *grad,
-                       fl_chunk_fn chunk, int linear, const void *args, int n_threads) {
+                       int target_format, const void *target, fl_chunk_fn chunk, int linear,
+                       const void *args, int n_threads) {
     const fl_half_job job = {.chunk = chunk, .linear = linear, .args = args, .c = c,
-                             .format = format, .x = x, .grad = grad};
+                             .format = format, .x = x, .grad = grad,
+                             .target = target_format ? (const uint16_t *)target : NULL,
+                             .target_format = target_format};
     return fl_parallel_rows(n, c, n_threads, fl_half_chunk, &job);
 }
 
+/* A probability target is float (target_format 0: it goes into the float arguments) or 16-bit
+   (converted with the logits, see fl_half_chunk); the chunk functions are chosen by
+   target_index alone, so a 16-bit target still gets the probability chunk. */
+#define FL_FLOAT_TARGET(t, f) ((f) ? (const float *)NULL : (const float *)(t))
+
 int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                              const int64_t *target_index, const float *target_prob,
-                              const double *weight, int64_t ignore_index,
-                              double label_smoothing, double softcap, double inv_temperature,
-                              double z_grad, const double *row_scale, double *loss, double *lse,
-                              uint16_t *grad, int n_threads) {
+                              const int64_t *target_index, int target_format,
+                              const void *target_prob, const double *weight,
+                              int64_t ignore_index, double label_smoothing, double softcap,
+                              double inv_temperature, double z_grad, const double *row_scale,
+                              double *loss, double *lse, uint16_t *grad, int n_threads) {
     linear_args_f32 a;
+    const float *t = FL_FLOAT_TARGET(target_prob, target_format);
     const fl_chunk_fn chunk =
-        ce_args_f32(&a, c, NULL, target_index, target_prob, weight, ignore_index,
-                    label_smoothing, softcap, inv_temperature, z_grad, row_scale, loss, lse,
-                    NULL);
-    return fl_half_run(n, c, format, x, grad, chunk, 1, &a, n_threads);
+        ce_args_f32(&a, c, NULL, target_index, t, weight, ignore_index, label_smoothing,
+                    softcap, inv_temperature, z_grad, row_scale, loss, lse, NULL);
+    return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk, 1, &a,
+                       n_threads);
 }
 
 int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                              const float *target, int log_target, const double *row_scale,
-                              double *loss, uint16_t *grad, int n_threads) {
+                              int target_format, const void *target, int log_target,
+                              const double *row_scale, double *loss, uint16_t *grad,
+                              int n_threads) {
     linear_args_f32 a;
-    const fl_chunk_fn chunk = kl_args_f32(&a, c, NULL, target, log_target, row_scale, loss, NULL);
-    return fl_half_run(n, c, format, x, grad, chunk, 1, &a, n_threads);
+    const fl_chunk_fn chunk = kl_args_f32(&a, c, NULL, FL_FLOAT_TARGET(target, target_format),
+                                          log_target, row_scale, loss, NULL);
+    return fl_half_run(n, c, format, x, grad, target_format, target, chunk, 1, &a, n_threads);
 }
 
 int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                            const int64_t *target_index, const float *target_prob,
-                            const double *row_scale, double *loss, uint16_t *grad,
-                            int n_threads) {
+                            const int64_t *target_index, int target_format,
+                            const void *target_prob, const double *row_scale, double *loss,
+                            uint16_t *grad, int n_threads) {
     fop_args_f32 a;
+    const float *t = FL_FLOAT_TARGET(target_prob, target_format);
     const fl_chunk_fn chunk =
-        softmax_mse_args_f32(&a, c, NULL, target_index, target_prob, row_scale, loss, NULL);
-    return fl_half_run(n, c, format, x, grad, chunk, 0, &a, n_threads);
+        softmax_mse_args_f32(&a, c, NULL, target_index, t, row_scale, loss, NULL);
+    return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk, 0, &a,
+                       n_threads);
 }
 
 int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                         const double *row_scale, double *loss, uint16_t *grad, int n_threads) {
     fop_args_f32 a;
     const fl_chunk_fn chunk = entropy_args_f32(&a, c, NULL, row_scale, loss, NULL);
-    return fl_half_run(n, c, format, x, grad, chunk, 0, &a, n_threads);
+    return fl_half_run(n, c, format, x, grad, 0, NULL, chunk, 0, &a, n_threads);
 }
 
 /* Conversions of whole arrays (tests, and the Python side's own conversions). */

@@ -135,22 +135,22 @@ FL_PRIVATE int fl_logsumexp_rows_f64(int64_t n, int64_t c, const double *x, doub
 
 /* 16-bit logits (format 1: bfloat16, 2: IEEE float16), stored as uint16_t: the float
    kernels' math, the gradient (may equal x) rounded to nearest even in the same format.
-   Probability targets stay float. */
+   Probability targets: float (target_format 0) or 16-bit (target_format 1 or 2). */
 FL_PRIVATE int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                                         const int64_t *target_index, const float *target_prob,
-                                         const double *weight, int64_t ignore_index,
-                                         double label_smoothing, double softcap,
-                                         double inv_temperature, double z_grad,
+                                         const int64_t *target_index, int target_format,
+                                         const void *target_prob, const double *weight,
+                                         int64_t ignore_index, double label_smoothing,
+                                         double softcap, double inv_temperature, double z_grad,
                                          const double *row_scale, double *loss, double *lse,
                                          uint16_t *grad, int n_threads);
 FL_PRIVATE int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                                         const float *target, int log_target,
+                                         int target_format, const void *target, int log_target,
                                          const double *row_scale, double *loss, uint16_t *grad,
                                          int n_threads);
 FL_PRIVATE int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                                       const int64_t *target_index, const float *target_prob,
-                                       const double *row_scale, double *loss, uint16_t *grad,
-                                       int n_threads);
+                                       const int64_t *target_index, int target_format,
+                                       const void *target_prob, const double *row_scale,
+                                       double *loss, uint16_t *grad, int n_threads);
 FL_PRIVATE int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                    const double *row_scale, double *loss, uint16_t *grad,
                                    int n_threads);
