@@ -34,7 +34,6 @@ from . import _validate as V
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "default_chunk_size"]
 
 CHUNK_BYTES = 64 << 20  # the default chunk holds at most 64 MiB of logits
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # None: the products run on SciPy's BLAS wrappers when SciPy is importable (gemm with
 # beta = 1 accumulates grad_linear_weight in place), else on NumPy's matmul; False: NumPy only
@@ -71,11 +70,7 @@ def _host_float(value, name: str) -> np.ndarray:
     if V.is_device_array(value):
         raise TypeError(f"{name} is a GPU array; linear_cross_entropy runs on the host "
                         "(NumPy's BLAS): copy it to the host first")
-    arr = V.floating(value, name)
-    if arr.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float32 or float64 (the dtypes BLAS multiplies), "
-                        f"got an array of dtype {arr.dtype}")
-    return arr
+    return V.floating(value, name)  # float16 / bfloat16 are multiplied in float32
 
 
 def _ce_options(z_loss, softcap, temperature) -> dict:
@@ -163,15 +158,20 @@ class _Problem:
 
         self.input_shape = tuple(x.shape)
         self.batch_shape = batch_shape
-        self.dtype = x.dtype
+        self.dtype = x.dtype  # of the results
+        # BLAS multiplies float32 / float64: 16-bit inputs, weight and bias are converted once
+        # (the weight's float32 copy is memory of V x H) and the gradients rounded at the end
+        self.compute = np.dtype(np.float32) if V.is_half(x.dtype) else x.dtype
         # C-contiguous rows (a copy only for other layouts); W in a layout BLAS reads directly
-        self.x = np.ascontiguousarray(x).reshape(-1, n_features)
+        self.x = np.ascontiguousarray(x, dtype=self.compute).reshape(-1, n_features)
+        if w.dtype != self.compute:
+            w = w.astype(self.compute)
         self.w = w if (w.flags.c_contiguous or w.flags.f_contiguous) else np.ascontiguousarray(w)
-        self.b = b
+        self.b = None if b is None else b.astype(self.compute, copy=False)
         self.n_rows = self.x.shape[0]
         self.n_classes = n_classes
         self.n_features = n_features
-        self.chunk = _chunk_size(chunk_size, self.n_rows, n_classes, self.dtype)
+        self.chunk = _chunk_size(chunk_size, self.n_rows, n_classes, self.compute)
 
         # the mean's denominator, as fastloss.cross_entropy: PyTorch's rule, over the batch
         if self.soft:
@@ -319,7 +319,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     Parameters
     ----------
     input : array_like, shape (..., H)
-        float32 or float64 features (the hidden states).
+        float32 or float64 features (the hidden states); float16 / bfloat16 are multiplied
+        in float32 (one float32 copy of the input, weight and bias) and the results rounded
+        to their dtype.
     linear_weight : array_like, shape (V, H)
         The projection to the V classes, of the input's dtype.
     target : array_like
@@ -358,7 +360,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                  n_threads, want_grad=False, grad_output=None)
     loss_rows = np.zeros(p.n_rows)
     if p.n_rows:
-        buf = np.empty((p.chunk, p.n_classes), dtype=p.dtype)
+        buf = np.empty((p.chunk, p.n_classes), dtype=p.compute)
         kwargs = _ce_kwargs(p)
         products = _Products()
         for start, stop in p.chunks():
@@ -421,7 +423,7 @@ def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=
     p = _Problem(input, linear_weight, target, linear_bias, weight, ignore_index,
                  label_smoothing, reduction, z_loss, softcap, temperature, chunk_size, backend,
                  n_threads, want_grad=True, grad_output=grad_output)
-    dtype = p.dtype
+    dtype = p.compute
     grad_input = np.empty((p.n_rows, p.n_features), dtype=dtype)
     grad_w = np.zeros((p.n_classes, p.n_features), dtype=dtype)
     grad_b = np.zeros(p.n_classes) if p.b is not None else None  # float64 accumulator
@@ -452,5 +454,6 @@ def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=
             if grad_b is not None:
                 grad_b += g.sum(axis=0, dtype=np.float64)
 
-    return (_reduce(p, loss_rows), grad_input.reshape(p.input_shape), grad_w,
-            None if grad_b is None else grad_b.astype(dtype))
+    return (_reduce(p, loss_rows), grad_input.reshape(p.input_shape).astype(p.dtype, copy=False),
+            grad_w.astype(p.dtype, copy=False),
+            None if grad_b is None else grad_b.astype(p.dtype))

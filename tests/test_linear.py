@@ -604,9 +604,8 @@ def _bad(name):
         args["linear_bias"] = b.astype(np.float32)
     elif name == "integer input":
         args["input"] = x.astype(np.int64)
-    elif name == "float16 input":
-        args["input"], args["linear_weight"] = x.astype(np.float16), w.astype(np.float16)
-        args["linear_bias"] = None
+    elif name == "float16 input, float64 weight":
+        args["input"] = x.astype(np.float16)
     elif name == "complex weight":
         args["linear_weight"] = w.astype(complex)
     return args, kwargs
@@ -641,7 +640,8 @@ BAD = [
     ("weight dtype", TypeError, "linear_weight has dtype float32 but input has dtype float64"),
     ("bias dtype", TypeError, "linear_bias has dtype float32 but input has dtype float64"),
     ("integer input", TypeError, "input must be a floating array"),
-    ("float16 input", TypeError, "input must be float32 or float64"),
+    ("float16 input, float64 weight", TypeError,
+     "linear_weight has dtype float64 but input has dtype float16"),
     ("complex weight", TypeError, "linear_weight must be a floating array"),
 ]
 
@@ -738,3 +738,26 @@ def test_bench_runs_and_agrees():
     assert all(r["check"] in ("ok", "reference", "limit") for r in rows), rows
     assert impls["fastloss linear"]["peak_mib"] is not None
     assert "fastloss linear" in _bench_linear.format_rows(rows)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_16_bit_inputs_are_multiplied_in_float32(half):
+    """float16 / bfloat16 input, weight and bias: the float32 computation on the same values,
+    every result rounded once to the 16-bit dtype."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dtype = np.dtype(ml_dtypes.bfloat16) if half == "bfloat16" else np.dtype(np.float16)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 6)).astype(dtype)
+    w = (rng.standard_normal((20, 6)) * 0.5).astype(dtype)
+    b = rng.standard_normal(20).astype(dtype)
+    y = rng.integers(0, 20, 9)
+    got = linear_cross_entropy_with_grad(x, w, y, linear_bias=b, chunk_size=4)
+    want = linear_cross_entropy_with_grad(x.astype(np.float32), w.astype(np.float32), y,
+                                          linear_bias=b.astype(np.float32), chunk_size=4)
+    assert all(g.dtype == dtype for g in got)
+    np.testing.assert_allclose(float(got[0]), float(want[0]),
+                               rtol=float(ml_dtypes.finfo(dtype).eps))
+    for g, w32 in zip(got[1:], want[1:]):
+        np.testing.assert_array_equal(g.view(np.uint16), w32.astype(dtype).view(np.uint16))
+    loss = linear_cross_entropy(x, w, y, linear_bias=b, reduction="none")
+    assert loss.dtype == dtype and loss.shape == (9,)
