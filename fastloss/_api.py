@@ -186,26 +186,30 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
                             or out.dtype != logits.dtype or not out.flags.c_contiguous
                             or not out.flags.writeable):
         return None
-    # negative indices become huge unsigned ones: one comparison checks both bounds
-    if int(target.view(np.uint64).max()) >= n_cols:
-        return None
     module = _backends._load(_backends.auto_cpu())[0]
     threads = n_threads or _backends.default_threads()
-    loss_rows = np.empty(n_rows)
+    value = 1.0 / n_rows if reduction == "mean" else 1.0
+    grad = None
     if want_grad:
-        value = 1.0 / n_rows if reduction == "mean" else 1.0
-        scale = np.full(n_rows, value)
         grad = out if out is not None else np.empty((n_rows, n_cols), logits.dtype)
+    fast = getattr(module, "cross_entropy_index_fast", None)
+    if fast is not None:  # the C backend checks the indices and runs the kernel in one step
+        loss_rows = fast(logits, target, grad, value, threads)
+        if loss_rows is None:
+            return None
     else:
-        scale = grad = None
-    module.cross_entropy(logits, target, _ONES.get(n_cols), -100, 0.0, 0.0, 1.0, 0.0, scale,
-                         loss_rows, None, grad, threads)
-    dtype = logits.dtype.type
+        # negative indices become huge unsigned ones: one comparison checks both bounds
+        if int(target.view(np.uint64).max()) >= n_cols:
+            return None
+        loss_rows = np.empty(n_rows)
+        scale = np.full(n_rows, value) if want_grad else None
+        module.cross_entropy(logits, target, _ONES.get(n_cols), -100, 0.0, 0.0, 1.0, 0.0,
+                             scale, loss_rows, None, grad, threads)
     if reduction == "none":
         loss = loss_rows.astype(logits.dtype)
-    else:
-        total = float(np.sum(loss_rows, dtype=np.float64))
-        loss = dtype(total * (1.0 / n_rows) if reduction == "mean" else total)
+    else:  # the float64 sum of _reduce, in the same order (ndarray.sum is np.sum's reduce)
+        total = float(loss_rows.sum())
+        loss = logits.dtype.type(total * (1.0 / n_rows) if reduction == "mean" else total)
     return (loss, grad) if want_grad else loss
 
 

@@ -142,3 +142,25 @@ def test_read_only_out_is_refused():
     out.flags.writeable = False
     with pytest.raises(ValueError):
         fl.cross_entropy_with_grad(x, np.array([0, 1, 2]), out=out)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backends_without_the_one_step_entry_agree(reduction, spy, monkeypatch):
+    """The short path on a backend without ``cross_entropy_index_fast`` (the C backend's one
+    call that checks the indices and runs the kernel) gives the same bits and errors."""
+    from fastloss import _backends
+
+    module = _backends._load(_backends.auto_cpu())[0]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((70, 12)).astype(np.float32)
+    t = rng.integers(0, 12, 70)
+    want = fl.cross_entropy_with_grad(x, t, reduction=reduction)
+    if hasattr(module, "cross_entropy_index_fast"):
+        monkeypatch.delattr(module, "cross_entropy_index_fast")
+    got = fl.cross_entropy_with_grad(x, t, reduction=reduction)
+    assert spy == [True, True]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    t[5] = 12
+    with pytest.raises(IndexError, match="target 12 at position 5"):
+        fl.cross_entropy_with_grad(x, t, reduction=reduction)

@@ -13,6 +13,7 @@ import numpy as np
 from fastloss._numpy_kernels import as_rows, empty  # host memory, as the reference
 
 from libc.stdint cimport int64_t, uint16_t
+from libc.stdlib cimport free, malloc
 
 from fastloss._ext.fastloss cimport (
     FASTLOSS_E_MEMORY,
@@ -286,6 +287,53 @@ def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv
     else:
         _cross_entropy[double](x, target, weight, ignore_index, label_smoothing, softcap,
                                inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
+
+
+cdef object _ce_index_fast(const real[:, ::1] x, const int64_t[::1] target, real[:, ::1] grad,
+                           double scale, int n_threads):
+    cdef int64_t n = x.shape[0], c = x.shape[1], i
+    cdef bint bad = False
+    with nogil:
+        for i in range(n):
+            if target[i] < 0 or target[i] >= c:
+                bad = True
+                break
+    if bad:
+        return None
+    loss = np.empty(n)
+    cdef double[::1] lo = loss
+    cdef real *g = NULL if grad is None else &grad[0, 0]
+    cdef double *sc = NULL
+    cdef int status
+    if g != NULL and scale != 1.0:
+        sc = <double *>malloc(n * sizeof(double))
+        if sc == NULL:
+            raise MemoryError()
+        for i in range(n):
+            sc[i] = scale
+    with nogil:
+        if real is float:
+            status = fl_cross_entropy_rows_f32(n, c, &x[0, 0], &target[0], NULL, NULL, -100,
+                                               0.0, 0.0, 1.0, 0.0, sc, &lo[0], NULL, g,
+                                               n_threads)
+        else:
+            status = fl_cross_entropy_rows_f64(n, c, &x[0, 0], &target[0], NULL, NULL, -100,
+                                               0.0, 0.0, 1.0, 0.0, sc, &lo[0], NULL, g,
+                                               n_threads)
+    free(sc)
+    _check(status)
+    return loss
+
+
+def cross_entropy_index_fast(x, target, grad, double scale, int n_threads):
+    """The common call in one step: default options, class indices ``target`` (N,) int64,
+    C-contiguous float32/float64 ``x`` (N, C) with N >= 1, ``grad`` (N, C) of ``x``'s dtype
+    or None, every gradient row scaled by ``scale``.  Returns the per-row losses (float64),
+    or None when an index is outside ``[0, C)`` (the caller's general path then raises the
+    error).  The same kernel call as :func:`cross_entropy` with unit weights."""
+    if x.dtype == np.float32:
+        return _ce_index_fast[float](x, target, grad, scale, n_threads)
+    return _ce_index_fast[double](x, target, grad, scale, n_threads)
 
 
 # ------------------------------------------------------------------ binary cross-entropy
