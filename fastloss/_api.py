@@ -160,6 +160,7 @@ def _default_ce_options(weight, ignore_index, label_smoothing, z_loss, softcap, 
 
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+SMALL_CALL = 32768  # elements: one thread below (src/threads.c, _ext/_threads.py)
 _INT64 = np.dtype(np.int64)
 _FAST_REDUCTIONS = ("mean", "sum", "none")
 
@@ -176,7 +177,7 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
             or logits.ndim != 2 or target.ndim != 1 or target.dtype != _INT64
             or logits.dtype not in _FAST_DTYPES or not logits.flags.c_contiguous
             or not target.flags.c_contiguous or backend != "auto"
-            or reduction not in _FAST_REDUCTIONS or _backends.ENV_VAR in _backends.os.environ
+            or reduction not in _FAST_REDUCTIONS or _backends.env_backend_set()
             or (n_threads is not None and (type(n_threads) is not int or n_threads < 1))):
         return None
     n_rows, n_cols = logits.shape
@@ -187,7 +188,9 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
                             or not out.flags.writeable):
         return None
     module = _backends._load(_backends.auto_cpu())[0]
-    threads = n_threads or _backends.default_threads()
+    # below SMALL_CALL elements the kernels run on one thread whatever they are given (the
+    # results never depend on the thread count): skip asking the OS for the core count
+    threads = n_threads or (1 if n_rows * n_cols < SMALL_CALL else _backends.default_threads())
     value = 1.0 / n_rows if reduction == "mean" else 1.0
     grad = None
     if want_grad:

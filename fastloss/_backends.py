@@ -27,6 +27,22 @@ CPU_PREFERENCE = ("cython", "numba", "numpy")
 
 _cache: dict[str, tuple[ModuleType | None, str]] = {}
 
+# os.environ keeps its variables in a dict with encoded keys, updated by every assignment
+# through os.environ: looking ENV_VAR up there directly takes 0.05 us instead of the 1 us of
+# `in os.environ` (which encodes the key first), on the short path of every small call
+_ENV_DATA = getattr(os.environ, "_data", None)
+try:
+    _ENV_KEY = os.environ.encodekey(ENV_VAR) if _ENV_DATA is not None else None
+except AttributeError:  # pragma: no cover - an os.environ without encodekey
+    _ENV_KEY = _ENV_DATA = None
+
+
+def env_backend_set() -> bool:
+    """Whether ``$FASTLOSS_BACKEND`` is set (to anything, even empty)."""
+    if _ENV_KEY is not None and os.environ._data is _ENV_DATA:
+        return _ENV_KEY in _ENV_DATA
+    return ENV_VAR in os.environ
+
 
 def _load(name: str) -> tuple[ModuleType | None, str]:
     if name not in _cache:
@@ -74,7 +90,10 @@ def default_threads() -> int:
 
 def auto_cpu() -> str:
     """The CPU backend ``"auto"`` picks (``$FASTLOSS_BACKEND`` aside): the fastest available."""
-    return next(n for n in CPU_PREFERENCE if available(n))
+    for name in CPU_PREFERENCE:
+        if available(name):
+            return name
+    raise RuntimeError("no CPU backend is available")  # pragma: no cover - numpy always is
 
 
 def resolve(backend, *, device: bool = False) -> tuple[str, ModuleType]:

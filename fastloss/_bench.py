@@ -393,6 +393,34 @@ def run(options, progress=None) -> list[Result]:
     return results
 
 
+def per_call(dtype="float32", n_calls: int = 3000, rounds: int = 5) -> dict:
+    """Microseconds per call at 64 x 10 (cross-entropy, class indices, "mean", fused into
+    ``out=``, ``backend="auto"``: what a small training step calls), best of ``rounds``,
+    beside plain vectorised NumPy and ``np.empty_like`` (the cost of any NumPy call)."""
+    import fastloss
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 10)).astype(_dtype(dtype))
+    t = rng.integers(0, 10, 64)
+    out = np.empty_like(x)
+    spec = CASES_BY_ID[DEFAULT_LOSSES[0]].spec
+    calls = {
+        "fastloss": lambda: fastloss.cross_entropy_with_grad(x, t, out=out),
+        "numpy": lambda: spec.numpy(x, t, True),
+        "empty_like": lambda: np.empty_like(x),
+    }
+    best = dict.fromkeys(calls, float("inf"))
+    for fn in calls.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(n_calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / n_calls * 1e6)
+    return best
+
+
 def machine_info(options) -> dict:
     from ._machine import cpu_description, default_threads
 
@@ -531,13 +559,20 @@ def main(options) -> int:
 
             results = run(options, progress)
     render(results, info)
+    small = None
+    if DEFAULT_LOSSES[0] in _losses_wanted(options) and not options.quick \
+            and options.dtype in ("float32", "float64", "both"):
+        small = per_call(_dtypes(options)[0])
+        print(f"per call at 64x10 ({_dtypes(options)[0]}, cross-entropy fused into out=, "
+              f"backend auto): fastloss {small['fastloss']:.1f} us, plain NumPy "
+              f"{small['numpy']:.1f} us, np.empty_like {small['empty_like']:.2f} us")
     if not any(r.impl not in ("reference", "numpy", "limit", "torch", "jax") for r in results):
         print("no accelerated backend is available: only the NumPy reference was timed")
     if getattr(options, "compare", None):
         compare(results, options.compare)
     if options.json:
         with open(options.json, "w") as f:
-            json.dump({"machine": info, "results": [
+            json.dump({"machine": info, "per_call_us": small, "results": [
                 {**asdict(r), "gbps": r.gbps} for r in results]}, f, indent=2, default=str)
         print(f"wrote {options.json}")
     if options.plot:

@@ -331,9 +331,12 @@ def cross_entropy_index_fast(x, target, grad, double scale, int n_threads):
     or None, every gradient row scaled by ``scale``.  Returns the per-row losses (float64),
     or None when an index is outside ``[0, C)`` (the caller's general path then raises the
     error).  The same kernel call as :func:`cross_entropy` with unit weights."""
-    if x.dtype == np.float32:
+    if x.dtype is _FLOAT32 or x.dtype == _FLOAT32:  # `is`: NumPy's dtypes are singletons
         return _ce_index_fast[float](x, target, grad, scale, n_threads)
     return _ce_index_fast[double](x, target, grad, scale, n_threads)
+
+
+_FLOAT32 = np.dtype(np.float32)
 
 
 # ------------------------------------------------------------------ binary cross-entropy
