@@ -385,27 +385,19 @@ typedef struct {
     int target_format;
 } fl_half_job;
 
-/* The arguments for rows [lo, lo + rows) as rows [0, rows) of the buffer. */
-static void fl_half_shift_linear(linear_args_f32 *a, int64_t lo, float *buf, int grad) {
-    const int64_t c = a->c;
-    a->x = buf;
-    a->grad = grad ? buf : NULL;
-    if (a->target_index) a->target_index += lo;
-    if (a->target_prob) a->target_prob += lo * c;
-    if (a->row_scale) a->row_scale += lo;
-    if (a->loss) a->loss += lo;
-    if (a->lse) a->lse += lo;
-}
-
-static void fl_half_shift_fop(fop_args_f32 *a, int64_t lo, float *buf, int grad) {
-    const int64_t c = a->c;
-    a->x = buf;
-    a->grad = grad ? buf : NULL;
-    if (a->target_index) a->target_index += lo;
-    if (a->target_prob) a->target_prob += lo * c;
-    if (a->row_scale) a->row_scale += lo;
-    if (a->loss) a->loss += lo;
-}
+/* The arguments (a linear_args_f32 or a fop_args_f32: the same member names) for rows
+   [lo, lo + rows) as rows [0, rows) of the buffers: the logits (and gradient) in buf, a
+   16-bit target converted into tbuf when there is one. */
+#define FL_HALF_SHIFT(a, lo, buf, tbuf, with_grad)                      \
+    do {                                                                \
+        (a).x = (buf);                                                  \
+        (a).grad = (with_grad) ? (buf) : NULL;                          \
+        if ((a).target_index) (a).target_index += (lo);                 \
+        if (tbuf) (a).target_prob = (tbuf);                             \
+        else if ((a).target_prob) (a).target_prob += (lo) * (a).c;     \
+        if ((a).row_scale) (a).row_scale += (lo);                       \
+        if ((a).loss) (a).loss += (lo);                                 \
+    } while (0)
 
 FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
     const fl_half_job *job = (const fl_half_job *)job_;
@@ -424,13 +416,12 @@ FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
         if (tbuf) fl_half_load(tbuf, job->target + start * c, r * c, job->target_format);
         if (job->linear) {
             linear_args_f32 a = *(const linear_args_f32 *)job->args;
-            fl_half_shift_linear(&a, start, buf, job->grad != NULL);
-            if (tbuf) a.target_prob = tbuf;
+            FL_HALF_SHIFT(a, start, buf, tbuf, job->grad != NULL);
+            if (a.lse) a.lse += start;
             status = job->chunk(&a, 0, r);
         } else {
             fop_args_f32 a = *(const fop_args_f32 *)job->args;
-            fl_half_shift_fop(&a, start, buf, job->grad != NULL);
-            if (tbuf) a.target_prob = tbuf;
+            FL_HALF_SHIFT(a, start, buf, tbuf, job->grad != NULL);
             status = job->chunk(&a, 0, r);
         }
         if (job->grad) fl_half_store(job->grad + start * c, buf, r * c, job->format);
@@ -499,7 +490,7 @@ int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
     return fl_half_run(n, c, format, x, grad, 0, NULL, chunk, 0, &a, n_threads);
 }
 
-/* Conversions of whole arrays (tests, and the Python side's own conversions). */
+/* Conversions of whole arrays: the tests check the kernels' conversions through these. */
 void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst) {
     fl_half_load(dst, src, n, format);
 }
