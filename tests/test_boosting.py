@@ -99,11 +99,12 @@ def test_reference_binary_keeps_relative_accuracy_for_large_scores():
     {"weighted": True, "hessian_scale": 2.0, "min_hessian": 1e-3},
     {"weighted": True, "label_smoothing": 0.3, "hessian_scale": 10 / 9},
 ])
-def test_backend_matches_reference(backend, rng, dtype, kind, options):
+@pytest.mark.parametrize("n, k", [(300, 7), (40, 300)])  # 300: the C backend's 512-bit rows
+def test_backend_matches_reference(backend, rng, dtype, kind, options, n, k):
     options = dict(options)
-    x, y, w = _inputs(rng, 300, 7, dtype=dtype)
-    target = {"index": y, "probabilities": _probabilities(rng, 300, 7).astype(dtype),
-              "unnormalised": _probabilities(rng, 300, 7, 0.6).astype(dtype)}[kind]
+    x, y, w = _inputs(rng, n, k, dtype=dtype)
+    target = {"index": y, "probabilities": _probabilities(rng, n, k).astype(dtype),
+              "unnormalised": _probabilities(rng, n, k, 0.6).astype(dtype)}[kind]
     if options.pop("weighted", False):
         options["sample_weight"] = w
     grad, hess = cross_entropy_grad_hess(x, target, backend=backend, **options)

@@ -183,11 +183,13 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
 
 /* Wide rows (at least WIDE_CLASSES classes) on an AVX-512 CPU run a third variant with
    512-bit vectors: 1.4x faster there than 256-bit ones (the forward at 2048 x 32768: 17 vs
-   24 ms), which are faster for short rows (65536 x 10: 2.1 vs 4.2 ms).  It is compiled for
+   24 ms) and 1.1-1.35x from 128 classes up (one thread, rows in L2: the fused cross-entropy
+   and the gradient + Hessian at 781 x 512 and 400 x 1000); below that neither width wins
+   clearly (rows of up to FL_SHORT_C classes take the short-row path).  It is compiled for
    x86-64-v4 outright and only called after a run-time check of the CPU.
    Each pass includes kernels.inc for double first: the float kernels run their
    softcap/temperature rows through the double skeleton (FN64). */
-#define WIDE_CLASSES 1024
+#define WIDE_CLASSES 128
 #ifdef FL_HAVE_WIDE
 static int fl_use_wide(int64_t c) {
     return c >= WIDE_CLASSES && __builtin_cpu_supports("x86-64-v4");
