@@ -28,7 +28,7 @@ BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
 # `#pragma omp simd` (vectorised reductions) without the OpenMP runtime
 SIMD_FLAGS = ["-fopenmp-simd"]
 # 256-bit vectors for the cloned kernels (short rows: 2x faster than 512-bit); src/fastloss.c
-# compiles a 512-bit variant of its own for rows of 1024 classes or more.
+# compiles a 512-bit variant of its own for rows of 128 classes or more.
 VECTOR_FLAGS = ["-mprefer-vector-width=256"]
 
 
@@ -90,7 +90,10 @@ class BuildExt(build_ext):
             include_dirs=INCLUDE, extra_postargs=compile_flags + ["-fPIC"])
         target = self._library_in(self.build_lib)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        self.compiler.link_shared_object(objects, target, extra_postargs=link_flags)
+        # libm is named here, so that programs link with -lfastloss alone
+        libraries = [] if sys.platform in ("win32", "darwin") else ["m"]
+        self.compiler.link_shared_object(objects, target, libraries=libraries,
+                                         extra_postargs=link_flags)
 
     @staticmethod
     def _library_in(root):

@@ -691,6 +691,20 @@ def test_c_program_matches_the_reference(c_program, args):
 
 @built
 @compiler
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libm is part of libc elsewhere")
+def test_the_library_names_libm_itself(tmp_path):
+    # a program that names only -lfastloss links: the library carries its own libm dependency
+    exe = tmp_path / "cross_entropy"
+    libs = [flag for flag in config("--libs") if flag != "-lm"]
+    cmd = [CC, os.path.join(EXAMPLES, "c", "cross_entropy.c"), *config("--cflags"), *libs,
+           "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert run_c_program(exe, "1 2\n0.5 -0.5\n0").returncode == 0
+
+
+@built
+@compiler
 def test_c_program_has_no_python_in_it(c_program):
     ldd = shutil.which("ldd")
     if ldd is None:
