@@ -37,6 +37,27 @@ if os.environ.get("FASTLOSS_REQUIRE_TORCH"):
     import torch  # noqa: F401  (CI: the comparisons with PyTorch must not be skipped)
 
 
+def _is_simulator_suite(item):
+    return getattr(item, "originalname", None) == "test_backend_suite_on_the_simulator"
+
+
+def pytest_collection_modifyitems(items):
+    """The CUDA simulator's suite is waited for last (see pytest_collection_finish)."""
+    items.sort(key=_is_simulator_suite)  # stable: the other tests keep their order
+
+
+def pytest_collection_finish(session):
+    """Start the CUDA simulator's suite now, when it is to run (test_cuda.Simulator): its
+    minutes of one core overlap the other tests, and its test, run last, collects it."""
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        if _is_simulator_suite(item):
+            item.module.Simulator.start()
+            session.config.add_cleanup(item.module.Simulator.stop)
+            return
+
+
 def pytest_report_header(config):
     return [f"fastloss backends: {fastloss.backends()}", f"testing on: {BACKENDS}"]
 

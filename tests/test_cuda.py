@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -62,16 +63,51 @@ def test_every_kernel_compiles_to_ptx(cc):
                 assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx, name
 
 
+class Simulator:
+    """The backend suite on the simulator, in a process of its own: several minutes of one
+    core.  conftest.py starts it as soon as the tests are collected (when this test is among
+    them), so that it runs beside the other tests; the test waits for it."""
+
+    proc = None
+    output = None
+
+    @classmethod
+    def start(cls):
+        if cls.proc is not None:
+            return
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(fl.__file__)))
+        env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "FASTLOSS_CUDA_THREADS": "8",
+               "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
+        cls.output = tempfile.TemporaryFile(mode="w+")
+        cls.proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+             "--rootdir", HERE, "-c", os.devnull, os.path.join(HERE, "cuda_simulated.py")],
+            cwd=HERE, env=env, stdout=cls.output, stderr=subprocess.STDOUT, text=True)
+
+    @classmethod
+    def result(cls, timeout):
+        """(return code, output)"""
+        cls.start()
+        try:
+            code = cls.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            cls.stop()
+            raise
+        cls.output.seek(0)
+        return code, cls.output.read()
+
+    @classmethod
+    def stop(cls):
+        if cls.proc is not None and cls.proc.poll() is None:
+            cls.proc.kill()
+            cls.proc.wait()
+
+
 def test_backend_suite_on_the_simulator():
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fl.__file__)))
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "FASTLOSS_CUDA_THREADS": "8",
-           "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-         "--rootdir", HERE, "-c", os.devnull, os.path.join(HERE, "cuda_simulated.py")],
-        cwd=HERE, env=env, capture_output=True, text=True, timeout=1500)
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    code, output = Simulator.result(timeout=1500)
+    lines = output.strip().splitlines()
+    summary = lines[-1] if lines else ""
+    assert code == 0, output[-9000:]
     assert " passed" in summary and "failed" not in summary and "skipped" not in summary
 
 
