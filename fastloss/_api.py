@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _backends, _losses
 from . import _validate as V
+from ._ext import MIN_PARALLEL_ELEMENTS
 
 __all__ = [
     "cross_entropy",
@@ -160,7 +161,6 @@ def _default_ce_options(weight, ignore_index, label_smoothing, z_loss, softcap, 
 
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-SMALL_CALL = 32768  # elements: one thread below (src/threads.c, _ext/_threads.py)
 _INT64 = np.dtype(np.int64)
 _FAST_REDUCTIONS = ("mean", "sum", "none")
 
@@ -188,9 +188,10 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
                             or not out.flags.writeable):
         return None
     module = _backends._load(_backends.auto_cpu())[0]
-    # below SMALL_CALL elements the kernels run on one thread whatever they are given (the
+    # below MIN_PARALLEL_ELEMENTS the kernels run on one thread whatever they are given (the
     # results never depend on the thread count): skip asking the OS for the core count
-    threads = n_threads or (1 if n_rows * n_cols < SMALL_CALL else _backends.default_threads())
+    small = n_rows * n_cols < MIN_PARALLEL_ELEMENTS
+    threads = n_threads or (1 if small else _backends.default_threads())
     value = 1.0 / n_rows if reduction == "mean" else 1.0
     grad = None
     if want_grad:

@@ -334,6 +334,15 @@ def test_concurrent_calls_from_16_threads_are_bit_identical(cpu_backend):
     _within(300, _thread_storm, cpu_backend)
 
 
+def test_python_and_c_run_the_same_calls_on_one_thread():
+    from fastloss._ext import MIN_PARALLEL_ELEMENTS
+
+    source = os.path.join(os.path.dirname(fl.__file__), "_ext", "src", "threads.c")
+    with open(source) as f:
+        defined = re.search(r"#define FL_MIN_PARALLEL_ELEMENTS (\d+)", f.read())
+    assert defined and int(defined.group(1)) == MIN_PARALLEL_ELEMENTS
+
+
 # --------------------------------------------------------------------------------------------
 # memory
 

@@ -27,9 +27,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-# Below this many elements a call runs in one range: a worker's wake-up (~10-50 us) would
-# cost more than it saves.
-MIN_PARALLEL_ELEMENTS = 32768
+from . import MIN_PARALLEL_ELEMENTS  # below it, a call runs in one range
+
 # Chunks (guided scheduling): each is 1/(2 n_threads) of the rows not yet cut, but at least
 # MIN_CHUNK_ELEMENTS elements (a chunk costs a kernel call, ~1-3 us), so they shrink from
 # 1/(2 n_threads) of the call to that size (about 2 ln(rows) chunks per thread at most).
