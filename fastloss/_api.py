@@ -213,7 +213,7 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
         loss = loss_rows.astype(logits.dtype)
     else:  # the float64 sum of _reduce, in the same order (ndarray.sum is np.sum's reduce)
         total = float(loss_rows.sum())
-        loss = logits.dtype.type(total * (1.0 / n_rows) if reduction == "mean" else total)
+        loss = logits.dtype.type(total * value)  # value: 1 / n_rows for "mean", else 1
     return (loss, grad) if want_grad else loss
 
 

@@ -562,8 +562,9 @@ def main(options) -> int:
     small = None
     if DEFAULT_LOSSES[0] in _losses_wanted(options) and not options.quick \
             and options.dtype in ("float32", "float64", "both"):
-        small = per_call(_dtypes(options)[0])
-        print(f"per call at 64x10 ({_dtypes(options)[0]}, cross-entropy fused into out=, "
+        dtype = _dtypes(options)[0]
+        small = per_call(dtype)
+        print(f"per call at 64x10 ({dtype}, cross-entropy fused into out=, "
               f"backend auto): fastloss {small['fastloss']:.1f} us, plain NumPy "
               f"{small['numpy']:.1f} us, np.empty_like {small['empty_like']:.2f} us")
     if not any(r.impl not in ("reference", "numpy", "limit", "torch", "jax") for r in results):

@@ -101,6 +101,8 @@ class Simulator:
         if cls.proc is not None and cls.proc.poll() is None:
             cls.proc.kill()
             cls.proc.wait()
+        if cls.output is not None:
+            cls.output.close()
 
 
 def test_backend_suite_on_the_simulator():
