@@ -10,6 +10,9 @@
  * Rows run in parallel through fl_parallel_rows (threads.c).
  */
 #include <math.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,15 +187,20 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
 /* Wide rows (at least WIDE_CLASSES classes) on an AVX-512 CPU run a third variant with
    512-bit vectors: 1.4x faster there than 256-bit ones (the forward at 2048 x 32768: 17 vs
    24 ms) and 1.1-1.35x from 128 classes up (one thread, rows in L2: the fused cross-entropy
-   and the gradient + Hessian at 781 x 512 and 400 x 1000); below that neither width wins
-   clearly (rows of up to FL_SHORT_C classes take the short-row path).  It is compiled for
-   x86-64-v4 outright and only called after a run-time check of the CPU.
+   and the gradient + Hessian at 781 x 512 and 400 x 1000).  Rows of up to FL_SHORT_C
+   classes, which run FL_SHORT_R at a time through a transposed tile (kernels.inc), take it
+   too: a float tile is then one 16-lane vector per class and its transposes are gather
+   instructions (the fused cross-entropy at 4096 x 10, one thread: 1.39 against 1.95 ns per
+   element).  Between the two neither width wins clearly.  It is compiled for x86-64-v4
+   outright and only called after a run-time check of the CPU.
    Each pass includes kernels.inc for double first: the float kernels run their
    softcap/temperature rows through the double skeleton (FN64). */
 #define WIDE_CLASSES 128
+#define FL_SHORT_C 32 /* the short-row path: rows of at most FL_SHORT_C classes, */
+#define FL_SHORT_R 16 /* FL_SHORT_R rows at a time */
 #ifdef FL_HAVE_WIDE
 static int fl_use_wide(int64_t c) {
-    return c >= WIDE_CLASSES && __builtin_cpu_supports("x86-64-v4");
+    return (c >= WIDE_CLASSES || c <= FL_SHORT_C) && __builtin_cpu_supports("x86-64-v4");
 }
 
 #pragma GCC push_options
