@@ -133,3 +133,27 @@ def test_transforms_on_masked_and_huge_rows(backend, transform):
     result = getattr(fl, transform)(x, backend=backend)
     expected = getattr(fl, transform)(x, backend="numpy")
     np.testing.assert_allclose(result, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_row_max_wherever_it_is_in_a_long_row(backend, dtype):
+    """Rows long enough for the kernels' several running maxima (and a tail after them): the
+    largest logit, a NaN or a +inf at any position gives the reference's row."""
+    c = 300
+    positions = (0, 1, 15, 63, 64, 127, 128, 255, 256, 299)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3 * len(positions), c)).astype(dtype)
+    for i, k in enumerate(positions):
+        # the max: a shift by any other logit would overflow exp in this dtype
+        x[i, k] = 120.0 if dtype == np.float32 else 800.0
+        x[len(positions) + i, k] = np.nan
+        x[2 * len(positions) + i, k] = INF
+    target = rng.integers(0, c, x.shape[0])
+    loss, grad = fl.cross_entropy_with_grad(x, target, reduction="none", backend=backend)
+    n = len(positions)
+    ref_loss, ref_grad = fl.cross_entropy_with_grad(x[:n], target[:n], reduction="none",
+                                                    backend="numpy")
+    np.testing.assert_allclose(loss[:n], ref_loss, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(grad[:n], ref_grad, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                               atol=1e-7 if dtype == np.float32 else 1e-15)
+    assert np.all(np.isnan(loss[n:])) and np.all(np.isnan(grad[n:]))
