@@ -187,11 +187,13 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
 /* Wide rows (at least WIDE_CLASSES classes) on an AVX-512 CPU run a third variant with
    512-bit vectors: 1.4x faster there than 256-bit ones (the forward at 2048 x 32768: 17 vs
    24 ms) and 1.1-1.35x from 128 classes up (one thread, rows in L2: the fused cross-entropy
-   and the gradient + Hessian at 781 x 512 and 400 x 1000).  Rows of up to FL_SHORT_C
-   classes, which run FL_SHORT_R at a time through a transposed tile (kernels.inc), take it
-   too: a float tile is then one 16-lane vector per class and its transposes are gather
+   and the gradient + Hessian at 781 x 512 and 400 x 1000).  The short-row path (rows of up
+   to FL_SHORT_C classes of the cross-entropy with class indices and of its gradient +
+   Hessian, FL_SHORT_R at a time through a transposed tile, kernels.inc) takes it too: a
+   float tile is then one 16-lane vector per class and its transposes are gather
    instructions (the fused cross-entropy at 4096 x 10, one thread: 1.39 against 1.95 ns per
-   element).  Between the two neither width wins clearly.  It is compiled for x86-64-v4
+   element).  Short rows of the other losses, one at a time, stay on 256-bit vectors, as do
+   rows in between, where neither width wins clearly.  It is compiled for x86-64-v4
    outright and only called after a run-time check of the CPU.
    Each pass includes kernels.inc for double first: the float kernels run their
    softcap/temperature rows through the double skeleton (FN64). */
@@ -200,7 +202,14 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
 #define FL_SHORT_R 16 /* FL_SHORT_R rows at a time */
 #ifdef FL_HAVE_WIDE
 static int fl_use_wide(int64_t c) {
-    return (c >= WIDE_CLASSES || c <= FL_SHORT_C) && __builtin_cpu_supports("x86-64-v4");
+    return c >= WIDE_CLASSES && __builtin_cpu_supports("x86-64-v4");
+}
+
+/* The short-row tile of the cross-entropy with class indices and of its gradient + Hessian
+   (not rows of other losses with as few classes: one at a time, they are 2x slower in
+   512-bit vectors). */
+static int fl_use_wide_tile(int64_t c) {
+    return c <= FL_SHORT_C && __builtin_cpu_supports("x86-64-v4");
 }
 
 #pragma GCC push_options
@@ -244,6 +253,11 @@ static int fl_use_wide(int64_t c) {
 #pragma GCC pop_options
 #else
 static int fl_use_wide(int64_t c) {
+    (void)c;
+    return 0;
+}
+
+static int fl_use_wide_tile(int64_t c) {
     (void)c;
     return 0;
 }
