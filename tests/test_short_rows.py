@@ -7,6 +7,11 @@ are not multiples of the block)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -135,3 +140,58 @@ def test_grad_hess_short_rows(n, c, dtype, order):
         if n >= 17:
             for r in (3, 5, 6, 16):
                 assert np.all(np.isnan(got[0][r])) and np.all(np.isnan(got[1][r]))
+
+
+_BOTH_WIDTHS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastloss
+    from fastloss._grad_hess import cross_entropy_grad_hess
+    rng = np.random.default_rng(5)
+    out = {}
+    for c in (10, 31, 300):
+        for dtype in (np.float32, np.float64):
+            x = (rng.standard_normal((53, c)) * 3.0).astype(dtype)
+            x[3, 0] = np.nan
+            x[20, c - 1] = np.inf
+            t = rng.integers(0, c, 53)
+            t[7] = -100
+            name = f"{c}_{np.dtype(dtype).name}"
+            out["loss_" + name], out["grad_" + name] = fastloss.cross_entropy_with_grad(
+                x, t, reduction="none", backend="cython")
+            t[7] = 0
+            out["g_" + name], out["h_" + name] = cross_entropy_grad_hess(x, t, backend="cython")
+            out["x_" + name], out["t_" + name] = x, t
+    np.savez(sys.argv[1], **out)
+""")
+
+
+def test_the_256_bit_kernels_give_the_same_rows(tmp_path):
+    """FASTLOSS_NO_AVX512=1 runs the 256-bit kernels (what CPUs without AVX-512 get): the
+    short-row tile gives the same bits as the 512-bit one (each lane runs the same
+    arithmetic), long rows the reference's values."""
+    results = {}
+    for switch in ("1", "0"):
+        path = tmp_path / f"no_avx512_{switch}.npz"
+        env = dict(os.environ, FASTLOSS_NO_AVX512=switch)
+        subprocess.run([sys.executable, "-c", _BOTH_WIDTHS, str(path)], check=True, env=env,
+                       timeout=300)
+        results[switch] = np.load(path)
+    narrow, default = results["1"], results["0"]
+    for key in narrow.files:
+        if key.startswith(("x_", "t_")):
+            continue
+        if key.split("_")[1] != "300":
+            np.testing.assert_array_equal(narrow[key], default[key], err_msg=key)
+    for dtype in FLOATS:
+        name = f"300_{np.dtype(dtype).name}"
+        x, t = narrow["x_" + name], narrow["t_" + name]
+        t_ignored = t.copy()
+        t_ignored[7] = -100
+        loss, grad = fastloss.cross_entropy_with_grad(x, t_ignored, reduction="none",
+                                                      backend="numpy")
+        assert_close(narrow["loss_" + name], loss, dtype)
+        assert_close(narrow["grad_" + name], grad, dtype)
+        for got, want in zip((narrow["g_" + name], narrow["h_" + name]),
+                             cross_entropy_grad_hess(x, t, backend="numpy")):
+            assert_close(got, want, dtype)

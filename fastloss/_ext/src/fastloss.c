@@ -201,15 +201,31 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
 #define FL_SHORT_C 32 /* the short-row path: rows of at most FL_SHORT_C classes, */
 #define FL_SHORT_R 16 /* FL_SHORT_R rows at a time */
 #ifdef FL_HAVE_WIDE
+/* Whether the 512-bit variant may run: the CPU has x86-64-v4, and FASTLOSS_NO_AVX512 is
+   unset, empty or "0" in the environment when the process first asks (it lets the tests,
+   and anyone comparing, run the 256-bit kernels that AVX2-only CPUs get).  Worked out once:
+   concurrent first calls compute the same answer. */
+static int fl_wide_allowed(void) {
+    static int state = -1;
+    int allowed = __atomic_load_n(&state, __ATOMIC_RELAXED);
+    if (allowed < 0) {
+        const char *off = getenv("FASTLOSS_NO_AVX512");
+        allowed = __builtin_cpu_supports("x86-64-v4")
+                  && !(off != NULL && off[0] != '\0' && strcmp(off, "0") != 0);
+        __atomic_store_n(&state, allowed, __ATOMIC_RELAXED);
+    }
+    return allowed;
+}
+
 static int fl_use_wide(int64_t c) {
-    return c >= WIDE_CLASSES && __builtin_cpu_supports("x86-64-v4");
+    return c >= WIDE_CLASSES && fl_wide_allowed();
 }
 
 /* The short-row tile of the cross-entropy with class indices and of its gradient + Hessian
    (not rows of other losses with as few classes: one at a time, they are 2x slower in
    512-bit vectors). */
 static int fl_use_wide_tile(int64_t c) {
-    return c <= FL_SHORT_C && __builtin_cpu_supports("x86-64-v4");
+    return c <= FL_SHORT_C && fl_wide_allowed();
 }
 
 #pragma GCC push_options
