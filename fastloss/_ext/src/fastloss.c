@@ -192,8 +192,10 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
    Hessian, FL_SHORT_R at a time through a transposed tile, kernels.inc) takes it too: a
    float tile is then one 16-lane vector per class and its transposes are gather
    instructions (the fused cross-entropy at 4096 x 10, one thread: 1.39 against 1.95 ns per
-   element).  Short rows of the other losses, one at a time, stay on 256-bit vectors, as do
-   rows in between, where neither width wins clearly.  It is compiled for x86-64-v4
+   element); the chunk functions' *_args pick it by the same predicate as the path
+   (ce_takes_tile, gh_takes_tile).  Short rows of the other losses, one at a time, stay on
+   256-bit vectors (2x slower in 512-bit ones), as do rows in between, where neither width
+   wins clearly.  It is compiled for x86-64-v4
    outright and only called after a run-time check of the CPU.
    Each pass includes kernels.inc for double first: the float kernels run their
    softcap/temperature rows through the double skeleton (FN64). */
@@ -221,12 +223,6 @@ static int fl_use_wide(int64_t c) {
     return c >= WIDE_CLASSES && fl_wide_allowed();
 }
 
-/* The short-row tile of the cross-entropy with class indices and of its gradient + Hessian
-   (not rows of other losses with as few classes: one at a time, they are 2x slower in
-   512-bit vectors). */
-static int fl_use_wide_tile(int64_t c) {
-    return c <= FL_SHORT_C && fl_wide_allowed();
-}
 
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4", "prefer-vector-width=512")
@@ -273,10 +269,7 @@ static int fl_use_wide(int64_t c) {
     return 0;
 }
 
-static int fl_use_wide_tile(int64_t c) {
-    (void)c;
-    return 0;
-}
+static int fl_wide_allowed(void) { return 0; }
 #endif
 
 #define FL_CHUNK FL_CLONES static
