@@ -36,6 +36,8 @@ pass ``torch.library.opcheck``.
 
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Optional
 
 import numpy as np
@@ -43,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 import fastloss
+from fastloss import _api
 from fastloss import _validate as V
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "entropy",
     "mse_loss",
     "linear_cross_entropy",
+    "empty_cache",
     "CrossEntropyLoss",
     "BCEWithLogitsLoss",
     "KLDivWithLogitsLoss",
@@ -94,6 +98,61 @@ def _tensor(a: np.ndarray) -> Tensor:
     if a.dtype.kind == "V":  # ml_dtypes' bfloat16 (the only such dtype fastloss returns)
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
+
+
+class _SpareGradient:
+    """One gradient buffer kept for the next call (what ``torch.empty`` would be with a
+    caching allocator, as PyTorch has on GPUs).
+
+    A fresh gradient of the logits' size costs page faults on its first write: at
+    2048 x 32768 float32 (256 MiB) about half as much time again as the fused pass.  In a
+    training loop the previous step's gradient is dead by the next forward, so its buffer can
+    take the new gradient.  The buffer is a NumPy array; every tensor made from it (and every
+    view of those) keeps a reference to it, so "only this object references it" means no
+    tensor uses it any more.  Buffers under ``MIN_BYTES`` are not kept (their page faults
+    cost little).  :func:`empty_cache` drops the buffer.
+    """
+
+    MIN_BYTES = 1 << 22
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._buffer: Optional[np.ndarray] = None
+
+    def take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype``: the kept buffer's
+        memory when no tensor uses it any more, else fresh memory (which becomes the kept
+        buffer when the kept one is too small and unused)."""
+        nbytes = dtype.itemsize
+        for n in shape:
+            nbytes *= n
+        if nbytes < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        with self._lock:
+            # references: self._buffer and getrefcount's argument
+            free = self._buffer is not None and sys.getrefcount(self._buffer) <= 2
+            if free and self._buffer.nbytes < nbytes:
+                self._buffer = None  # too small: free it before taking more memory
+            if self._buffer is None:
+                self._buffer = np.empty(nbytes, np.uint8)
+            elif not free:
+                return np.empty(shape, dtype)
+            return self._buffer[:nbytes].view(dtype).reshape(shape)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buffer = None
+
+
+_SPARE = _SpareGradient()
+
+
+def empty_cache() -> None:
+    """Drop the gradient buffer kept for the next call (the memory returns to the system
+    once no tensor uses it).  The CPU losses keep one buffer of their largest recent
+    gradient (at least 4 MiB) and reuse it when no tensor uses it any more: a fresh one
+    costs page faults on every call."""
+    _SPARE.clear()
 
 
 def _backend(backend: str, t: Tensor) -> str:
@@ -153,8 +212,8 @@ def _fused(with_grad, forward, logits: Tensor, args: tuple, kwargs: dict, *, wan
         return _loss_tensor(loss, logits.dtype, logits.device), None
     # x is a private copy for upcast float16/bfloat16 or non-contiguous logits: the gradient
     # can overwrite it; for in-place calls it overwrites the logits themselves.  Otherwise
-    # fastloss allocates it (on the CPU NumPy asks for huge pages: fewer page faults than
-    # torch.empty)
+    # it goes to the kept buffer when no tensor uses it (see _SpareGradient), else to fresh
+    # NumPy memory (NumPy asks for huge pages: fewer page faults than torch.empty)
     private = x.data_ptr() != logits.data_ptr() or x.dtype != logits.dtype
     if private or consume:
         g = x
@@ -163,7 +222,8 @@ def _fused(with_grad, forward, logits: Tensor, args: tuple, kwargs: dict, *, wan
         g = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         loss, _ = with_grad(_array(x), *args, out=g, **kwargs)
     else:
-        loss, grad = with_grad(_array(x), *args, **kwargs)
+        a = _array(x)
+        loss, grad = with_grad(a, *args, out=_SPARE.take(a.shape, a.dtype), **kwargs)
         g = _tensor(grad)
     if g.dtype != logits.dtype:
         g = g.to(logits.dtype)
@@ -501,6 +561,85 @@ def _check_options(z_loss, softcap, temperature) -> tuple:
 # the public functions
 
 
+_COMMON_DTYPES = (torch.float32, torch.float64)
+_COMMON_REDUCTIONS = ("mean", "sum", "none")
+
+
+class _NotCommon(Exception):
+    """Raised inside :class:`_CommonCrossEntropy`'s forward when the call is not the common
+    case after all (an index out of range, ...): the general path then runs (and raises the
+    error)."""
+
+
+class _CommonCrossEntropy(torch.autograd.Function):
+    """The common cross-entropy call in plain eager mode, with fewer steps: the NumPy API's
+    own short path (:func:`fastloss._api._fast_cross_entropy`: the same kernel, the same
+    result bit for bit) and nothing else to carry.  Backward is the ops' own."""
+
+    @staticmethod
+    def forward(ctx, logits, target, reduction, n_threads):
+        x = logits.detach().numpy()
+        out = _SPARE.take(x.shape, x.dtype)
+        result = _api._fast_cross_entropy(x, target.numpy(), reduction, "auto", n_threads,
+                                          True, out)
+        if result is None:
+            raise _NotCommon
+        loss, grad = result
+        ctx.save_for_backward(torch.from_numpy(grad))
+        ctx.set_materialize_grads(False)
+        ctx.broadcast_rows = reduction == "none"
+        return torch.from_numpy(np.asarray(loss))
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if grad_loss is None:  # not materialized: nothing flows back
+            return None, None, None, None
+        (grad,) = ctx.saved_tensors
+        return _scaled(grad, grad_loss, ctx.broadcast_rows), None, None, None
+
+
+def _direct_apply(function: type):
+    """``function.apply`` without the Python layer of ``torch.autograd.Function.apply``
+    (about 3 us per call), for plain eager calls only (:func:`_plain_eager`: no functorch
+    transform active).  That layer binds default arguments (only for Functions with a
+    ``setup_context``) and unwraps dead functorch wrappers, which the returned function
+    does too.  A torch without these internals gets ``function.apply``."""
+    try:
+        apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, function)
+        unwrap = torch._C._functorch.unwrap_if_dead
+    except (AttributeError, KeyError):  # pragma: no cover - other torch internals
+        return function.apply
+
+    def direct(logits, *args):
+        return apply(unwrap(logits), *args)
+
+    return direct
+
+
+_common_apply = _direct_apply(_CommonCrossEntropy)
+
+
+def _common_cross_entropy(input, target, reduction, n_threads) -> Optional[Tensor]:
+    """The loss of the common call (CPU float32/float64 (N, C) contiguous logits, int64
+    class indices, default options: checked by the caller and here), or None."""
+    if (type(input) is not torch.Tensor or type(target) is not torch.Tensor
+            or input.dtype not in _COMMON_DTYPES or target.dtype != torch.int64
+            or input.ndim != 2 or target.ndim != 1 or input.device.type != "cpu"
+            or target.device.type != "cpu" or reduction not in _COMMON_REDUCTIONS
+            or not input.is_contiguous() or not target.is_contiguous()
+            or not _plain_eager()):
+        return None
+    threads = n_threads or torch.get_num_threads()
+    if not (input.requires_grad and torch.is_grad_enabled()):
+        loss = _api._fast_cross_entropy(input.detach().numpy(), target.numpy(), reduction,
+                                        "auto", threads, False, None)
+        return None if loss is None else torch.from_numpy(np.asarray(loss))
+    try:
+        return _common_apply(input, target, reduction, threads)
+    except _NotCommon:
+        return None
+
+
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0, *,
@@ -515,6 +654,15 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     (divides the capped logits), ``inplace_backward`` (the gradient overwrites ``input``,
     which is consumed), ``backend``, ``n_threads``.
     """
+    if (weight is None and size_average is None and reduce is None and softcap is None
+            and not inplace_backward and backend == "auto" and type(ignore_index) is int
+            and ignore_index == -100 and type(label_smoothing) in (int, float)
+            and label_smoothing == 0 and type(z_loss) in (int, float) and z_loss == 0
+            and type(temperature) in (int, float) and temperature == 1
+            and (n_threads is None or (type(n_threads) is int and n_threads > 0))):
+        loss = _common_cross_entropy(input, target, reduction, n_threads)
+        if loss is not None:
+            return loss
     reduction = _reduction(size_average, reduce, reduction)
     _rows_only(input, "cross_entropy")
     _no_grad_needed("cross_entropy", target=target, weight=weight)

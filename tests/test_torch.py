@@ -235,9 +235,26 @@ def test_cpu_tensors_reach_the_kernels_without_a_copy(monkeypatch, gen):
         return loss, grad
 
     monkeypatch.setattr(fastloss, "cross_entropy_with_grad", spy)
-    ft.cross_entropy(x, t).backward()
+    ft.cross_entropy(x, t, label_smoothing=0.1).backward()
     assert shared[0] == (True, True)
     assert np.shares_memory(x.grad.numpy(), shared[1])  # the kernel's output is the .grad
+
+    # the common call (default options) has its own short path: the same holds there
+    shared.clear()
+    fast = fastloss._api._fast_cross_entropy
+
+    def fast_spy(logits, target, *args):
+        shared.append((np.shares_memory(logits, x.detach().numpy()),
+                       np.shares_memory(target, t.numpy())))
+        result = fast(logits, target, *args)
+        shared.append(result[1])
+        return result
+
+    monkeypatch.setattr(fastloss._api, "_fast_cross_entropy", fast_spy)
+    x.grad = None
+    ft.cross_entropy(x, t).backward()
+    assert shared[0] == (True, True)
+    assert np.shares_memory(x.grad.numpy(), shared[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,12 +479,121 @@ def test_eager_path_is_bit_identical_to_the_op(name, gen, monkeypatch):
         return torch.linspace(0.5, 2.0, loss.numel()).reshape(loss.shape)
 
     loss, grad, fn = _loss_and_grad(call, x, t, go)
-    assert type(fn).__name__ == "_EagerBackward"
+    assert type(fn).__name__ == ("_CommonCrossEntropyBackward" if name == "cross_entropy_none"
+                                 else "_EagerBackward")
     monkeypatch.setattr(ft, "_plain_eager", lambda *tensors: False)
     loss_op, grad_op, fn_op = _loss_and_grad(call, x, t, go)
     assert type(fn_op).__name__ != "_EagerBackward"
     torch.testing.assert_close(loss, loss_op, rtol=0, atol=0)
     torch.testing.assert_close(grad, grad_op, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_common_cross_entropy_is_bit_identical_to_the_op(reduction, dtype, gen, monkeypatch):
+    """The common call (default options, class indices) takes its own short path; it gives
+    the op's loss and gradient bit for bit, for a grad_output of 1 and per row."""
+    x = _logits(gen, 300, 40).to(dtype)
+    t = torch.randint(0, 40, (300,), generator=gen)
+    for go in (lambda loss: torch.ones_like(loss), lambda loss: torch.linspace(
+            0.5, 2.0, loss.numel(), dtype=dtype).reshape(loss.shape)):
+        results = []
+        for path in ("common", "eager", "op"):
+            if path == "eager":
+                monkeypatch.setattr(ft, "_common_cross_entropy", lambda *args: None)
+            if path == "op":
+                monkeypatch.setattr(ft, "_plain_eager", lambda *tensors: False)
+            results.append(_loss_and_grad(
+                lambda x_, t_: ft.cross_entropy(x_, t_, reduction=reduction), x, t, go))
+        monkeypatch.undo()
+        names = [type(fn).__name__ for _, _, fn in results]
+        assert names[:2] == ["_CommonCrossEntropyBackward", "_EagerBackward"]
+        assert names[2] not in names[:2]
+        for loss, grad, _ in results[1:]:
+            assert loss.dtype == results[0][0].dtype == dtype
+            torch.testing.assert_close(results[0][0], loss, rtol=0, atol=0)
+            torch.testing.assert_close(results[0][1], grad, rtol=0, atol=0)
+    with torch.no_grad():  # no graph: the forward alone, the same loss
+        torch.testing.assert_close(ft.cross_entropy(x, t, reduction=reduction),
+                                   results[0][0], rtol=0, atol=0)
+
+
+def test_common_cross_entropy_leaves_other_calls_to_the_general_path(gen):
+    """Anything but the common case gets the general path's result and errors."""
+    x = _logits(gen, N, C).float().requires_grad_()
+    t = torch.randint(0, C, (N,), generator=gen)
+    bad = t.clone()
+    bad[3] = C
+    with pytest.raises(IndexError, match="target 7 at position 3 is out of range"):
+        ft.cross_entropy(x, bad)
+    with pytest.raises(ValueError, match="reduction"):
+        ft.cross_entropy(x, t, reduction="max")
+    assert x.grad is None
+    for call in (lambda: ft.cross_entropy(x.t().contiguous().t(), t),  # not C-contiguous
+                 lambda: ft.cross_entropy(x, t.int()),
+                 lambda: ft.cross_entropy(x, t, ignore_index=1),
+                 lambda: ft.cross_entropy(x, t, label_smoothing=0.1)):
+        assert type(call().grad_fn).__name__ == "_EagerBackward"
+
+
+def test_the_kept_gradient_buffer_is_reused_only_when_unused(gen):
+    """CPU losses keep one gradient buffer (>= 4 MiB) for the next call: reused once no
+    tensor uses it, never while a gradient (or a view of it) lives; also for many threads
+    at once; empty_cache drops it."""
+    import threading
+
+    ft.empty_cache()
+    n, c = 512, 4096  # 8 MiB of float32
+    x = _logits(gen, n, c).float().requires_grad_()
+    t = torch.randint(0, c, (n,), generator=gen)
+    expected = F.cross_entropy(x.detach().double().requires_grad_(), t)
+    ft.cross_entropy(x, t).backward()
+    first = x.grad
+    kept = ft._SPARE._buffer.ctypes.data  # (holding the buffer itself would keep it busy)
+    assert first.data_ptr() == kept
+    view = first[::2]
+    x.grad = None
+    del first
+    ft.cross_entropy(x, t).backward()  # the view keeps the first gradient alive
+    assert x.grad.data_ptr() != kept
+    second = x.grad.clone()
+    torch.testing.assert_close(view, second[::2], rtol=0, atol=0)  # the old one intact
+    del view
+    x.grad = None
+    loss = ft.cross_entropy(x, t, label_smoothing=0.0, reduction="sum")
+    loss.backward()  # now free again: reused (also by the general path)
+    assert x.grad.data_ptr() == kept
+    torch.testing.assert_close(x.grad, second * n, rtol=1e-6, atol=0)
+    x.grad = None
+
+    grads = {}
+
+    def worker(k):
+        xk = (x.detach() * (1 + k / 8)).requires_grad_()
+        for _ in range(3):
+            ft.cross_entropy(xk, t).backward()
+            grads[k] = xk.grad
+            xk.grad = None
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len({g.data_ptr() for g in grads.values()}) == 4
+    for k, g in grads.items():
+        xk = (x.detach().double() * (1 + k / 8)).requires_grad_()
+        F.cross_entropy(xk, t).backward()
+        torch.testing.assert_close(g.double(), xk.grad, rtol=1e-5, atol=1e-9)
+    grads.clear()
+    x.grad = None
+    loss = ft.cross_entropy(x, t)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=0)
+    ft.empty_cache()
+    assert ft._SPARE._buffer is None
+    small = _logits(gen, N, C).float().requires_grad_()
+    ft.cross_entropy(small, t[:N] % C).backward()
+    assert ft._SPARE._buffer is None  # small gradients are not kept
 
 
 def test_eager_path_only_in_plain_eager_mode(gen):
