@@ -1,6 +1,6 @@
 """The C kernels' short-row path (kernels.inc, ``FL_SHORT_C`` = 32 classes, blocks of
 ``FL_SHORT_R`` = 16 rows transposed into a tile): cross-entropy with class indices and the
-cross-entropy gradient + Hessian.  Row counts that are not multiples of the block, C at the
+cross-entropy gradient + Hessian, softmax MSE and entropy.  Row counts that are not multiples of the block, C at the
 threshold and one above it (the row-by-row path), ignored and poisoned rows inside a block,
 and bit-identical results for any number of threads (the threads split rows at points that
 are not multiples of the block)."""
@@ -142,6 +142,69 @@ def test_grad_hess_short_rows(n, c, dtype, order):
                 assert np.all(np.isnan(got[0][r])) and np.all(np.isnan(got[1][r]))
 
 
+def _probabilities(rng, n, c, dtype):
+    t = rng.uniform(0.0, 1.0, (n, c))
+    if c > 1:
+        t[::3, 0] = 0.0
+    return (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("c", CLASSES)
+@pytest.mark.parametrize("n", ROWS)
+def test_softmax_mse_and_entropy_short_rows(n, c, dtype):
+    """Softmax MSE (class indices and probabilities) and entropy: the tile against the
+    reference, forward and fused, every reduction and a per-row grad_output; poisoned rows
+    NaN, a row with impossible classes finite with a zero gradient there."""
+    rng = np.random.default_rng(n * 100 + c + 2)
+    x = _logits(rng, n, c, dtype)
+    calls = {
+        "softmax_mse_index": (fastloss.softmax_mse_with_grad, fastloss.softmax_mse,
+                              (rng.integers(0, c, n),)),
+        "softmax_mse_probs": (fastloss.softmax_mse_with_grad, fastloss.softmax_mse,
+                              (_probabilities(rng, n, c, dtype),)),
+        "entropy": (fastloss.entropy_with_grad, fastloss.entropy, ()),
+    }
+    go = rng.uniform(0.5, 2.0, n)
+    for name, (with_grad, forward, args) in calls.items():
+        for kwargs in ({}, {"reduction": "sum"}, {"reduction": "none"},
+                       {"reduction": "none", "grad_output": go}):
+            got = with_grad(x, *args, backend="cython", **kwargs)
+            want = with_grad(x, *args, backend="numpy", **kwargs)
+            for g, w in zip(got, want):
+                assert_close(g, w, dtype, err_msg=f"{name} {kwargs}")
+        loss = forward(x, *args, backend="cython", reduction="none")
+        np.testing.assert_array_equal(loss, got[0], err_msg=name)  # forward = fused's loss
+        if n >= 17:
+            for r in (3, 5, 16):
+                assert np.isnan(got[0][r]) and np.all(np.isnan(got[1][r])), name
+            if c > 1:
+                assert np.isfinite(got[0][7]) and got[1][7, 0] == 0, name
+                assert np.isfinite(got[0][8]) and np.all(got[1][8, 2:] == 0), name
+        # in place: the gradient over the logits
+        y = x.copy()
+        with_grad(y, *args, backend="cython", reduction="none", out=y)
+        np.testing.assert_array_equal(y, with_grad(x, *args, backend="cython",
+                                                   reduction="none")[1], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("c", (10, 32))
+def test_softmax_mse_and_entropy_tiles_bit_identical_over_threads(c, dtype):
+    rng = np.random.default_rng(8)
+    n = 40_003
+    x = _logits(rng, n, c, dtype)
+    t = _probabilities(rng, n, c, dtype)
+    for call in (lambda k: fastloss.entropy_with_grad(x, reduction="none", backend="cython",
+                                                      n_threads=k),
+                 lambda k: fastloss.softmax_mse_with_grad(x, t, reduction="none",
+                                                          backend="cython", n_threads=k)):
+        first = call(1)
+        for threads in (2, 3):
+            for a, b in zip(first, call(threads)):
+                np.testing.assert_array_equal(a, b)
+
+
 _BOTH_WIDTHS = textwrap.dedent("""
     import sys
     import numpy as np
@@ -161,6 +224,13 @@ _BOTH_WIDTHS = textwrap.dedent("""
                 x, t, reduction="none", backend="cython")
             t[7] = 0
             out["g_" + name], out["h_" + name] = cross_entropy_grad_hess(x, t, backend="cython")
+            p = rng.uniform(0.0, 1.0, (53, c))
+            p = (p / p.sum(axis=1, keepdims=True)).astype(dtype)
+            out["eloss_" + name], out["egrad_" + name] = fastloss.entropy_with_grad(
+                x, reduction="none", backend="cython")
+            out["mloss_" + name], out["mgrad_" + name] = fastloss.softmax_mse_with_grad(
+                x, p, reduction="none", backend="cython")
+            out["p_" + name] = p
             out["x_" + name], out["t_" + name] = x, t
     np.savez(sys.argv[1], **out)
 """)
@@ -179,7 +249,7 @@ def test_the_256_bit_kernels_give_the_same_rows(tmp_path):
         results[switch] = np.load(path)
     narrow, default = results["1"], results["0"]
     for key in narrow.files:
-        if key.startswith(("x_", "t_")):
+        if key.startswith(("x_", "t_", "p_")):
             continue
         if key.split("_")[1] != "300":
             np.testing.assert_array_equal(narrow[key], default[key], err_msg=key)
@@ -195,3 +265,10 @@ def test_the_256_bit_kernels_give_the_same_rows(tmp_path):
         for got, want in zip((narrow["g_" + name], narrow["h_" + name]),
                              cross_entropy_grad_hess(x, t, backend="numpy")):
             assert_close(got, want, dtype)
+        p = narrow["p_" + name]
+        for prefix, want in (("e", fastloss.entropy_with_grad(x, reduction="none",
+                                                               backend="numpy")),
+                             ("m", fastloss.softmax_mse_with_grad(x, p, reduction="none",
+                                                                  backend="numpy"))):
+            assert_close(narrow[prefix + "loss_" + name], want[0], dtype)
+            assert_close(narrow[prefix + "grad_" + name], want[1], dtype)
