@@ -7,6 +7,7 @@ are not multiples of the block)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -149,13 +150,19 @@ def _probabilities(rng, n, c, dtype):
     return (t / t.sum(axis=1, keepdims=True)).astype(dtype)
 
 
+def _log(p):
+    with np.errstate(divide="ignore"):
+        return np.log(p)
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("c", CLASSES)
 @pytest.mark.parametrize("n", ROWS)
-def test_softmax_mse_and_entropy_short_rows(n, c, dtype):
-    """Softmax MSE (class indices and probabilities) and entropy: the tile against the
-    reference, forward and fused, every reduction and a per-row grad_output; poisoned rows
-    NaN, a row with impossible classes finite with a zero gradient there."""
+def test_softmax_mse_entropy_and_kl_short_rows(n, c, dtype):
+    """Softmax MSE (class indices and probabilities), entropy and KL (probabilities and log
+    probabilities): the tile against the reference, forward and fused, every reduction and a
+    per-row grad_output; poisoned rows NaN, a row with impossible classes finite with a zero
+    gradient there (KL: where the target is 0 too)."""
     rng = np.random.default_rng(n * 100 + c + 2)
     x = _logits(rng, n, c, dtype)
     calls = {
@@ -164,6 +171,11 @@ def test_softmax_mse_and_entropy_short_rows(n, c, dtype):
         "softmax_mse_probs": (fastloss.softmax_mse_with_grad, fastloss.softmax_mse,
                               (_probabilities(rng, n, c, dtype),)),
         "entropy": (fastloss.entropy_with_grad, fastloss.entropy, ()),
+        "kl": (fastloss.kl_divergence_with_grad, fastloss.kl_divergence,
+               (_probabilities(rng, n, c, dtype),)),
+        "kl_log_target": (functools.partial(fastloss.kl_divergence_with_grad, log_target=True),
+                          functools.partial(fastloss.kl_divergence, log_target=True),
+                          (_log(_probabilities(rng, n, c, dtype)),)),
     }
     go = rng.uniform(0.5, 2.0, n)
     for name, (with_grad, forward, args) in calls.items():
@@ -178,7 +190,7 @@ def test_softmax_mse_and_entropy_short_rows(n, c, dtype):
         if n >= 17:
             for r in (3, 5, 16):
                 assert np.isnan(got[0][r]) and np.all(np.isnan(got[1][r])), name
-            if c > 1:
+            if c > 1 and not name.startswith("kl"):
                 assert np.isfinite(got[0][7]) and got[1][7, 0] == 0, name
                 assert np.isfinite(got[0][8]) and np.all(got[1][8, 2:] == 0), name
         # in place: the gradient over the logits
@@ -190,7 +202,7 @@ def test_softmax_mse_and_entropy_short_rows(n, c, dtype):
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("c", (10, 32))
-def test_softmax_mse_and_entropy_tiles_bit_identical_over_threads(c, dtype):
+def test_softmax_mse_entropy_and_kl_tiles_bit_identical_over_threads(c, dtype):
     rng = np.random.default_rng(8)
     n = 40_003
     x = _logits(rng, n, c, dtype)
@@ -198,7 +210,9 @@ def test_softmax_mse_and_entropy_tiles_bit_identical_over_threads(c, dtype):
     for call in (lambda k: fastloss.entropy_with_grad(x, reduction="none", backend="cython",
                                                       n_threads=k),
                  lambda k: fastloss.softmax_mse_with_grad(x, t, reduction="none",
-                                                          backend="cython", n_threads=k)):
+                                                          backend="cython", n_threads=k),
+                 lambda k: fastloss.kl_divergence_with_grad(x, t, reduction="none",
+                                                            backend="cython", n_threads=k)):
         first = call(1)
         for threads in (2, 3):
             for a, b in zip(first, call(threads)):
@@ -231,6 +245,8 @@ _BOTH_WIDTHS = textwrap.dedent("""
             out["mloss_" + name], out["mgrad_" + name] = fastloss.softmax_mse_with_grad(
                 x, p, reduction="none", backend="cython")
             out["p_" + name] = p
+            out["kloss_" + name], out["kgrad_" + name] = fastloss.kl_divergence_with_grad(
+                x, p, reduction="none", backend="cython")
             out["x_" + name], out["t_" + name] = x, t
     np.savez(sys.argv[1], **out)
 """)
@@ -269,6 +285,8 @@ def test_the_256_bit_kernels_give_the_same_rows(tmp_path):
         for prefix, want in (("e", fastloss.entropy_with_grad(x, reduction="none",
                                                                backend="numpy")),
                              ("m", fastloss.softmax_mse_with_grad(x, p, reduction="none",
-                                                                  backend="numpy"))):
+                                                                  backend="numpy")),
+                             ("k", fastloss.kl_divergence_with_grad(x, p, reduction="none",
+                                                                    backend="numpy"))):
             assert_close(narrow[prefix + "loss_" + name], want[0], dtype)
             assert_close(narrow[prefix + "grad_" + name], want[1], dtype)
