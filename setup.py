@@ -27,8 +27,9 @@ INCLUDE = [os.path.join(EXT, "include"), os.path.join(EXT, "src")]
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
 # `#pragma omp simd` (vectorised reductions) without the OpenMP runtime
 SIMD_FLAGS = ["-fopenmp-simd"]
-# 256-bit vectors for the cloned kernels (short rows: 2x faster than 512-bit); src/fastloss.c
-# compiles a 512-bit variant of its own for rows of 128 classes or more.
+# 256-bit vectors for the cloned kernels (short rows one at a time: 2x faster than 512-bit);
+# src/fastloss.c compiles a 512-bit variant of its own for rows of 128 classes or more and for
+# the short-row tiles.
 VECTOR_FLAGS = ["-mprefer-vector-width=256"]
 
 

@@ -105,19 +105,29 @@ class _SpareGradient:
     caching allocator, as PyTorch has on GPUs).
 
     A fresh gradient of the logits' size costs page faults on its first write: at
-    2048 x 32768 float32 (256 MiB) about half as much time again as the fused pass.  In a
-    training loop the previous step's gradient is dead by the next forward, so its buffer can
-    take the new gradient.  The buffer is a NumPy array; every tensor made from it (and every
-    view of those) keeps a reference to it, so "only this object references it" means no
-    tensor uses it any more.  Buffers under ``MIN_BYTES`` are not kept (their page faults
-    cost little).  :func:`empty_cache` drops the buffer.
+    2048 x 32768 float32 (256 MiB) about three quarters as much time again as the fused
+    pass.  In a training loop the previous step's gradient is dead by the next forward, so
+    its buffer can take the new gradient.  The buffer is a NumPy array; every array made from
+    it (NumPy collapses a view's base to the owner) and every tensor made from those keeps a
+    reference to it, so "only this object references it" means no tensor uses it any more.
+    That count is calibrated once, on a probe held the same way, rather than assumed (an
+    interpreter may count a borrowed reference differently).  The buffer is the largest
+    recent gradient: a smaller one fits in it, a larger one replaces it once it is unused.
+    Buffers under ``MIN_BYTES`` are not kept (their page faults cost little).
+    :func:`empty_cache` drops the buffer.
     """
 
     MIN_BYTES = 1 << 22
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._buffer: Optional[np.ndarray] = None
+        self._buffer: Optional[np.ndarray] = np.empty(1, np.uint8)  # the probe
+        self._free_count = self._count()
+        self._buffer = None
+
+    def _count(self) -> int:
+        """References to the buffer, counted as take() counts them."""
+        return sys.getrefcount(self._buffer)
 
     def take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``: the kept buffer's
@@ -129,8 +139,7 @@ class _SpareGradient:
         if nbytes < self.MIN_BYTES:
             return np.empty(shape, dtype)
         with self._lock:
-            # references: self._buffer and getrefcount's argument
-            free = self._buffer is not None and sys.getrefcount(self._buffer) <= 2
+            free = self._buffer is not None and self._count() <= self._free_count
             if free and self._buffer.nbytes < nbytes:
                 self._buffer = None  # too small: free it before taking more memory
             if self._buffer is None:

@@ -551,19 +551,26 @@ def test_the_kept_gradient_buffer_is_reused_only_when_unused(gen):
     first = x.grad
     kept = ft._SPARE._buffer.ctypes.data  # (holding the buffer itself would keep it busy)
     assert first.data_ptr() == kept
+    first_values = first.clone()
     view = first[::2]
     x.grad = None
     del first
-    ft.cross_entropy(x, t).backward()  # the view keeps the first gradient alive
-    assert x.grad.data_ptr() != kept
-    second = x.grad.clone()
-    torch.testing.assert_close(view, second[::2], rtol=0, atol=0)  # the old one intact
+    y = (x.detach() * 2).requires_grad_()  # another gradient: an overwrite would show
+    ft.cross_entropy(y, t).backward()  # the view keeps the first gradient alive
+    assert y.grad.data_ptr() != kept
+    torch.testing.assert_close(view, first_values[::2], rtol=0, atol=0)  # the old one intact
     del view
-    x.grad = None
-    loss = ft.cross_entropy(x, t, label_smoothing=0.0, reduction="sum")
-    loss.backward()  # now free again: reused (also by the general path)
+    y.grad = None
+    # now free again: reused by the general path (options) and by another loss
+    ft.cross_entropy(x, t, label_smoothing=0.1, reduction="sum").backward()
     assert x.grad.data_ptr() == kept
-    torch.testing.assert_close(x.grad, second * n, rtol=1e-6, atol=0)
+    expected_ls = x.detach().double().requires_grad_()
+    F.cross_entropy(expected_ls, t, label_smoothing=0.1, reduction="sum").backward()
+    torch.testing.assert_close(x.grad.double(), expected_ls.grad, rtol=1e-5, atol=1e-7)
+    x.grad = None
+    p = torch.softmax(y.detach(), -1)
+    ft.kl_div_with_logits(x, p, reduction="batchmean").backward()
+    assert x.grad.data_ptr() == kept
     x.grad = None
 
     grads = {}

@@ -188,14 +188,15 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
    512-bit vectors: 1.4x faster there than 256-bit ones (the forward at 2048 x 32768: 17 vs
    24 ms) and 1.1-1.35x from 128 classes up (one thread, rows in L2: the fused cross-entropy
    and the gradient + Hessian at 781 x 512 and 400 x 1000).  The short-row path (rows of up
-   to FL_SHORT_C classes of the cross-entropy with class indices and of its gradient +
-   Hessian, FL_SHORT_R at a time through a transposed tile, kernels.inc) takes it too: a
-   float tile is then one 16-lane vector per class and its transposes are gather
+   to FL_SHORT_C classes, FL_SHORT_R at a time through a transposed tile, kernels.inc: the
+   cross-entropy with class indices, its gradient + Hessian, softmax MSE, entropy, KL) takes
+   it too: a float tile is then one 16-lane vector per class and its transposes are gather
    instructions (the fused cross-entropy at 4096 x 10, one thread: 1.39 against 1.95 ns per
    element); the chunk functions' *_args pick it by the same predicate as the path
-   (ce_takes_tile, gh_takes_tile).  Short rows of the other losses, one at a time, stay on
-   256-bit vectors (2x slower in 512-bit ones), as do rows in between, where neither width
-   wins clearly.  It is compiled for x86-64-v4
+   (ce_takes_tile, gh_takes_tile, fop_takes_tile, kl_takes_tile).  Short rows that go one
+   at a time (cross-entropy with options the tile does not take) stay on 256-bit vectors
+   (2x slower in 512-bit ones), as do rows in between, where neither width wins clearly.
+   It is compiled for x86-64-v4
    outright and only called after a run-time check of the CPU.
    Each pass includes kernels.inc for double first: the float kernels run their
    softcap/temperature rows through the double skeleton (FN64). */
