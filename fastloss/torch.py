@@ -449,6 +449,15 @@ for _op, (_r, _e) in _OVERWRITE_OPS.items():
     _register_overwrite(_op, _r, _e)
 
 
+def _saved_scaled(ctx, grad_loss: Optional[Tensor]) -> Optional[Tensor]:
+    """The backward of the eager Functions: the saved gradient scaled by ``grad_loss``, or
+    None when it is not materialized (nothing flows back)."""
+    if grad_loss is None:
+        return None
+    (grad,) = ctx.saved_tensors
+    return _scaled(grad, grad_loss, ctx.broadcast_rows)
+
+
 def _plain_eager(*tensors) -> bool:
     """Plain eager mode: no compilation or tracing, no torch function / dispatch mode, no
     torch.func transform, and every tensor a plain ``torch.Tensor`` (not a fake, functional
@@ -482,10 +491,7 @@ class _Eager(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        if grad_loss is None:  # not materialized: nothing flows back
-            return None, None, None, None
-        (grad,) = ctx.saved_tensors
-        return None, None, None, _scaled(grad, grad_loss, ctx.broadcast_rows)
+        return (None, None, None, _saved_scaled(ctx, grad_loss))
 
 
 def _run(op, *args) -> Tensor:
@@ -601,10 +607,7 @@ class _CommonCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        if grad_loss is None:  # not materialized: nothing flows back
-            return None, None, None, None
-        (grad,) = ctx.saved_tensors
-        return _scaled(grad, grad_loss, ctx.broadcast_rows), None, None, None
+        return _saved_scaled(ctx, grad_loss), None, None, None
 
 
 def _direct_apply(function: type):
@@ -663,12 +666,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     (divides the capped logits), ``inplace_backward`` (the gradient overwrites ``input``,
     which is consumed), ``backend``, ``n_threads``.
     """
-    if (weight is None and size_average is None and reduce is None and softcap is None
-            and not inplace_backward and backend == "auto" and type(ignore_index) is int
-            and ignore_index == -100 and type(label_smoothing) in (int, float)
-            and label_smoothing == 0 and type(z_loss) in (int, float) and z_loss == 0
-            and type(temperature) in (int, float) and temperature == 1
-            and (n_threads is None or (type(n_threads) is int and n_threads > 0))):
+    if (size_average is None and reduce is None and not inplace_backward and backend == "auto"
+            and _api._default_ce_options(weight, ignore_index, label_smoothing, z_loss,
+                                         softcap, temperature, False)):
         loss = _common_cross_entropy(input, target, reduction, n_threads)
         if loss is not None:
             return loss
