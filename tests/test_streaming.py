@@ -2,12 +2,18 @@
 more with rows of 1024 classes or more, written into an ``out`` that is not the logits, is
 written by streaming stores from a scratch row.  It must be the gradient of the ordinary
 path bit for bit: the same logits computed in place (``out=logits``, which never streams)
-give the reference here.  The other softmax losses, which do not stream, are held to the
-same identity at the same size.  Row lengths that are not a multiple of the vector width,
-so that rows start at every alignment; poisoned, impossible and ignored rows; one and two
-threads."""
+give the reference here (the cases with class indices and neither label smoothing nor a
+transform stream; the others, and the other softmax losses, which do not, are held to the
+same identity at the same size).  Row lengths that are not a multiple of the vector width,
+so that rows start at every alignment, and an ``out`` off the element grid's 16-byte
+alignment; poisoned, impossible and ignored rows; one and two threads; the 128-bit stores
+of CPUs without AVX-512 (``FASTLOSS_NO_AVX512=1``, in a child process)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -67,20 +73,92 @@ def _cases(rng, x):
     ]
 
 
+def _off_grid(x):
+    """An out= for x whose first element is one element past a 64-byte boundary."""
+    buf = np.empty(x.size + 64 // x.itemsize, x.dtype)
+    start = (-buf.ctypes.data % 64) // x.itemsize + 1
+    return buf[start:start + x.size].reshape(x.shape)
+
+
+def _out_of_place(dtype, n_threads, off_grid=False):
+    """Every case's (loss, gradient) into a separate out (streamed where it applies)."""
+    rng, x = _logits(dtype, 11)
+    results = []
+    for fn, args, kwargs in _cases(rng, x):
+        out = _off_grid(x) if off_grid else np.empty_like(x)
+        out[...] = 7.0
+        loss, grad = fn(x, *args, **kwargs, out=out, backend="cython", n_threads=n_threads)
+        assert grad is out
+        results.append((np.asarray(loss), grad))
+    return results
+
+
+def _in_place(dtype, n_threads):
+    rng, x = _logits(dtype, 11)
+    results = []
+    for fn, args, kwargs in _cases(rng, x):
+        in_place = x.copy()
+        loss, grad = fn(in_place, *args, **kwargs, out=in_place, backend="cython",
+                        n_threads=n_threads)
+        results.append((np.asarray(loss), grad))
+    return results
+
+
+def _assert_same(got, expected, dtype):
+    rng, x = _logits(dtype, 11)
+    for (loss, grad), (loss_ip, grad_ip), (fn, _, kwargs) in zip(got, expected,
+                                                                  _cases(rng, x)):
+        name = f"{fn.__name__} {kwargs}"
+        np.testing.assert_array_equal(loss, loss_ip, err_msg=name)
+        assert grad.tobytes() == grad_ip.tobytes(), name
+
+
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streamed_gradient_is_the_in_place_gradient(dtype, n_threads):
-    rng, x = _logits(dtype, 11)
-    for fn, args, kwargs in _cases(rng, x):
-        out = np.full_like(x, 7.0)
-        loss, grad = fn(x, *args, **kwargs, out=out, backend="cython", n_threads=n_threads)
-        assert grad is out
-        in_place = x.copy()
-        loss_ip, grad_ip = fn(in_place, *args, **kwargs, out=in_place, backend="cython",
-                              n_threads=n_threads)
-        name = f"{fn.__name__} {kwargs}"
-        np.testing.assert_array_equal(np.asarray(loss), np.asarray(loss_ip), err_msg=name)
-        assert grad.tobytes() == grad_ip.tobytes(), name
+    expected = _in_place(dtype, n_threads)
+    _assert_same(_out_of_place(dtype, n_threads), expected, dtype)
+    _assert_same(_out_of_place(dtype, n_threads, off_grid=True), expected, dtype)
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+import test_streaming as t
+out = {}
+for dtype in (np.float32, np.float64):
+    name = np.dtype(dtype).name
+    for kind, results in (("0", t._out_of_place(dtype, 2)),
+                          ("1", t._out_of_place(dtype, 2, off_grid=True)),
+                          ("in_place", t._in_place(dtype, 2))):
+        for i, (loss, grad) in enumerate(results):
+            out[f"loss_{name}_{kind}_{i}"], out[f"grad_{name}_{kind}_{i}"] = loss, grad
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_the_128_bit_streaming_stores(tmp_path):
+    """FASTLOSS_NO_AVX512=1: long rows on the 256-bit variant, whose streaming stores are
+    SSE2's 128-bit ones; the same bits as the in-place call of the same variant (the two
+    variants may differ in the last bits: their sums are in a different order)."""
+    path = tmp_path / "narrow.npz"
+    env = dict(os.environ, FASTLOSS_NO_AVX512="1")
+    subprocess.run([sys.executable, "-c", _CHILD, str(path), os.path.dirname(__file__)],
+                   check=True, env=env, timeout=300)
+    narrow = np.load(path)
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        n_cases = len([k for k in narrow.files if k.startswith(f"loss_{name}_in_place_")])
+        assert n_cases == 11
+
+        def read(kind, name=name, n_cases=n_cases):
+            return [(narrow[f"loss_{name}_{kind}_{i}"], narrow[f"grad_{name}_{kind}_{i}"])
+                    for i in range(n_cases)]
+
+        expected = read("in_place")
+        _assert_same(read("0"), expected, dtype)
+        _assert_same(read("1"), expected, dtype)
 
 
 def test_streamed_gradient_matches_the_reference():

@@ -172,8 +172,10 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
  * fetched before it is written), so a fused pass into a large `out` moves three times the
  * logits' bytes: the logits, the gradient's old contents, the gradient.  Streaming stores
  * write whole lines without reading them, as memcpy does for large copies.  Cross-entropy
- * uses them when the gradient is large and is not the logits' own storage (in place, the
- * lines are already read): linear_row's exp goes into a scratch row that stays in cache,
+ * with class indices and without label smoothing, softcap or temperature (linear_rows)
+ * uses them on x86-64 when the gradient is large and is not the logits' own storage (in
+ * place, the lines are already read): linear_row's exp goes into a scratch row that stays
+ * in cache,
  * and its last pass writes gradient = scratch * factor by stream_scale (same products, same
  * bits): 3-15% faster at 2048 x 32768 and 512 x 128256 on 2 threads.  The other softmax
  * losses compute their gradient over the stored exp in more than one pass; streaming it
@@ -181,16 +183,24 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
 #define FL_STREAM_BYTES (16 << 20) /* gradients from 16 MiB: well past the L2 */
 #define FL_STREAM_C 1024           /* rows of at least this many classes */
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FL_HAVE_STREAMS 1
+#else
+#define FL_HAVE_STREAMS 0 /* no streaming stores here: the scratch row would only cost */
+#endif
+
 static int fl_streams(int64_t n, int64_t c, size_t size, const void *x, const void *grad) {
-    return grad != NULL && grad != x && c >= FL_STREAM_C
+    return FL_HAVE_STREAMS && grad != NULL && grad != x && c >= FL_STREAM_C
            && (double)n * (double)c * (double)size >= (double)FL_STREAM_BYTES;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-/* 128-bit streaming stores: in every x86-64 CPU (SSE2), so in every clone. */
+#if FL_HAVE_STREAMS
+/* 128-bit streaming stores: in every x86-64 CPU (SSE2), so in every clone.  They start at
+   a cache line (the head goes through ordinary stores), so that whole lines are streamed
+   but for the row's last one. */
 FL_INLINE void stream_scale_f32(float *dst, const float *src, int64_t n, float k) {
     int64_t j = 0;
-    for (; j < n && ((uintptr_t)(dst + j) & 15) != 0; ++j) dst[j] = src[j] * k;
+    for (; j < n && ((uintptr_t)(dst + j) & 63) != 0; ++j) dst[j] = src[j] * k;
     const __m128 kv = _mm_set1_ps(k);
     for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_mul_ps(_mm_loadu_ps(src + j), kv));
     for (; j < n; ++j) dst[j] = src[j] * k;
@@ -198,7 +208,7 @@ FL_INLINE void stream_scale_f32(float *dst, const float *src, int64_t n, float k
 
 FL_INLINE void stream_scale_f64(double *dst, const double *src, int64_t n, double k) {
     int64_t j = 0;
-    for (; j < n && ((uintptr_t)(dst + j) & 15) != 0; ++j) dst[j] = src[j] * k;
+    for (; j < n && ((uintptr_t)(dst + j) & 63) != 0; ++j) dst[j] = src[j] * k;
     const __m128d kv = _mm_set1_pd(k);
     for (; j + 2 <= n; j += 2) _mm_stream_pd(dst + j, _mm_mul_pd(_mm_loadu_pd(src + j), kv));
     for (; j < n; ++j) dst[j] = src[j] * k;
