@@ -80,35 +80,28 @@ def _off_grid(x):
     return buf[start:start + x.size].reshape(x.shape)
 
 
-def _out_of_place(dtype, n_threads, off_grid=False):
-    """Every case's (loss, gradient) into a separate out (streamed where it applies)."""
+def _results(dtype, n_threads, where):
+    """Every case's (name, loss, gradient): into a separate out (``"out"``, streamed where
+    it applies), into one off the cache-line grid (``"off_grid"``), or over the logits
+    (``"in_place"``, never streamed)."""
     rng, x = _logits(dtype, 11)
     results = []
-    for fn, args, kwargs in _cases(rng, x):
-        out = _off_grid(x) if off_grid else np.empty_like(x)
-        out[...] = 7.0
-        loss, grad = fn(x, *args, **kwargs, out=out, backend="cython", n_threads=n_threads)
-        assert grad is out
-        results.append((np.asarray(loss), grad))
-    return results
-
-
-def _in_place(dtype, n_threads):
-    rng, x = _logits(dtype, 11)
-    results = []
-    for fn, args, kwargs in _cases(rng, x):
-        in_place = x.copy()
-        loss, grad = fn(in_place, *args, **kwargs, out=in_place, backend="cython",
+    for i, (fn, args, kwargs) in enumerate(_cases(rng, x)):
+        if where == "in_place":
+            logits = out = x.copy()
+        else:
+            logits, out = x, _off_grid(x) if where == "off_grid" else np.empty_like(x)
+            out[...] = 7.0
+        loss, grad = fn(logits, *args, **kwargs, out=out, backend="cython",
                         n_threads=n_threads)
-        results.append((np.asarray(loss), grad))
+        assert grad is out
+        results.append((f"case {i}: {fn.__name__} {sorted(kwargs)}", np.asarray(loss), grad))
     return results
 
 
-def _assert_same(got, expected, dtype):
-    rng, x = _logits(dtype, 11)
-    for (loss, grad), (loss_ip, grad_ip), (fn, _, kwargs) in zip(got, expected,
-                                                                  _cases(rng, x)):
-        name = f"{fn.__name__} {kwargs}"
+def _assert_same(got, expected):
+    assert len(got) == len(expected)
+    for (name, loss, grad), (_, loss_ip, grad_ip) in zip(got, expected):
         np.testing.assert_array_equal(loss, loss_ip, err_msg=name)
         assert grad.tobytes() == grad_ip.tobytes(), name
 
@@ -116,9 +109,9 @@ def _assert_same(got, expected, dtype):
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streamed_gradient_is_the_in_place_gradient(dtype, n_threads):
-    expected = _in_place(dtype, n_threads)
-    _assert_same(_out_of_place(dtype, n_threads), expected, dtype)
-    _assert_same(_out_of_place(dtype, n_threads, off_grid=True), expected, dtype)
+    expected = _results(dtype, n_threads, "in_place")
+    _assert_same(_results(dtype, n_threads, "out"), expected)
+    _assert_same(_results(dtype, n_threads, "off_grid"), expected)
 
 
 _CHILD = """
@@ -128,12 +121,10 @@ import numpy as np
 import test_streaming as t
 out = {}
 for dtype in (np.float32, np.float64):
-    name = np.dtype(dtype).name
-    for kind, results in (("0", t._out_of_place(dtype, 2)),
-                          ("1", t._out_of_place(dtype, 2, off_grid=True)),
-                          ("in_place", t._in_place(dtype, 2))):
-        for i, (loss, grad) in enumerate(results):
-            out[f"loss_{name}_{kind}_{i}"], out[f"grad_{name}_{kind}_{i}"] = loss, grad
+    for where in ("out", "off_grid", "in_place"):
+        for i, (_, loss, grad) in enumerate(t._results(dtype, 2, where)):
+            key = f"{np.dtype(dtype).name}_{where}_{i}"
+            out["loss_" + key], out["grad_" + key] = loss, grad
 np.savez(sys.argv[1], **out)
 """
 
@@ -152,13 +143,13 @@ def test_the_128_bit_streaming_stores(tmp_path):
         n_cases = len([k for k in narrow.files if k.startswith(f"loss_{name}_in_place_")])
         assert n_cases == 11
 
-        def read(kind, name=name, n_cases=n_cases):
-            return [(narrow[f"loss_{name}_{kind}_{i}"], narrow[f"grad_{name}_{kind}_{i}"])
-                    for i in range(n_cases)]
+        def read(where, name=name, n_cases=n_cases):
+            return [(f"{name} {where} case {i}", narrow[f"loss_{name}_{where}_{i}"],
+                     narrow[f"grad_{name}_{where}_{i}"]) for i in range(n_cases)]
 
         expected = read("in_place")
-        _assert_same(read("0"), expected, dtype)
-        _assert_same(read("1"), expected, dtype)
+        _assert_same(read("out"), expected)
+        _assert_same(read("off_grid"), expected)
 
 
 def test_streamed_gradient_matches_the_reference():

@@ -64,6 +64,12 @@ FL_INLINE void fold(double *m, double *s, double m_b, double s_b) {
     }
 }
 
+/* k exp(m_b - m): what turns a block's stored exp(x - m_b) into k p s (k for the block that
+   holds the max, 0 for a block of -inf). */
+FL_INLINE double fl_block_factor(double m_b, double m, double k) {
+    return m_b == m ? k : (m_b == -INFINITY ? 0.0 : k * exp(m_b - m));
+}
+
 /* tanh(u), vectorisable (exp_f64 instead of libm): u + u^3 P(u^2), the Taylor series to
    u^25, for |u| < 0.35, else sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) < 1/2 (no
    cancellation).  Within 3 ulp of libm's tanh; NaN gives NaN, +-inf gives +-1. */
