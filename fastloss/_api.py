@@ -187,15 +187,26 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
                             or out.dtype != logits.dtype or not out.flags.c_contiguous
                             or not out.flags.writeable):
         return None
-    module = _backends._load(_backends.auto_cpu())[0]
     # below MIN_PARALLEL_ELEMENTS the kernels run on one thread whatever they are given (the
     # results never depend on the thread count): skip asking the OS for the core count
     small = n_rows * n_cols < MIN_PARALLEL_ELEMENTS
     threads = n_threads or (1 if small else _backends.default_threads())
-    value = 1.0 / n_rows if reduction == "mean" else 1.0
     grad = None
     if want_grad:
         grad = out if out is not None else np.empty((n_rows, n_cols), logits.dtype)
+    loss = _fast_cross_entropy_run(logits, target, reduction, threads, grad)
+    if loss is None:
+        return None
+    return (loss, grad) if want_grad else loss
+
+
+def _fast_cross_entropy_run(logits, target, reduction, threads, grad):
+    """The kernel call of :func:`_fast_cross_entropy`, for a caller that has made its checks
+    (``fastloss.torch``'s common call makes them on the tensors): the loss, with the gradient
+    written into ``grad`` unless it is None, or None when an index is outside ``[0, C)``."""
+    n_rows, n_cols = logits.shape
+    module = _backends.auto_cpu_module()
+    value = 1.0 / n_rows if reduction == "mean" else 1.0
     fast = getattr(module, "cross_entropy_index_fast", None)
     if fast is not None:  # the C backend checks the indices and runs the kernel in one step
         loss_rows = fast(logits, target, grad, value, threads)
@@ -206,15 +217,13 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
         if int(target.view(np.uint64).max()) >= n_cols:
             return None
         loss_rows = np.empty(n_rows)
-        scale = np.full(n_rows, value) if want_grad else None
+        scale = np.full(n_rows, value) if grad is not None else None
         module.cross_entropy(logits, target, _ONES.get(n_cols), -100, 0.0, 0.0, 1.0, 0.0,
                              scale, loss_rows, None, grad, threads)
     if reduction == "none":
-        loss = loss_rows.astype(logits.dtype)
-    else:  # the float64 sum of _reduce, in the same order (ndarray.sum is np.sum's reduce)
-        total = float(loss_rows.sum())
-        loss = logits.dtype.type(total * value)  # value: 1 / n_rows for "mean", else 1
-    return (loss, grad) if want_grad else loss
+        return loss_rows.astype(logits.dtype)
+    # the float64 sum of _reduce, in the same order (ndarray.sum is np.sum's reduce)
+    return logits.dtype.type(float(loss_rows.sum()) * value)  # value: 1 / n_rows for "mean"
 
 
 class _Ones(dict):

@@ -88,12 +88,26 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_auto_cpu: str | None = None
+
+
 def auto_cpu() -> str:
-    """The CPU backend ``"auto"`` picks (``$FASTLOSS_BACKEND`` aside): the fastest available."""
-    for name in CPU_PREFERENCE:
-        if available(name):
-            return name
-    raise RuntimeError("no CPU backend is available")  # pragma: no cover - numpy always is
+    """The CPU backend ``"auto"`` picks (``$FASTLOSS_BACKEND`` aside): the fastest available.
+    Worked out once (which backends import does not change in a process)."""
+    global _auto_cpu
+    if _auto_cpu is None:
+        for name in CPU_PREFERENCE:
+            if available(name):
+                _auto_cpu = name
+                break
+        else:  # pragma: no cover - numpy always is
+            raise RuntimeError("no CPU backend is available")
+    return _auto_cpu
+
+
+def auto_cpu_module() -> ModuleType:
+    """The module of :func:`auto_cpu`'s backend."""
+    return _cache[auto_cpu()][0]
 
 
 def resolve(backend, *, device: bool = False) -> tuple[str, ModuleType]:

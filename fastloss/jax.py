@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fastloss
-from fastloss import _capi
+from fastloss import _capi, _validate
 
 __all__ = [
     "softmax_cross_entropy_with_integer_labels",
@@ -419,6 +419,7 @@ def _static(n_threads, backend, reduction, name, *, allowed=("none", "mean", "su
     if reduction not in allowed:
         raise ValueError(f"fastloss.jax.{name}: reduction must be one of "
                          f"{', '.join(map(repr, allowed))}; got {reduction!r}")
+    n_threads = _validate.n_threads(n_threads)  # as the NumPy API: None or a positive int
     return tuple(sorted(dict(options, n_threads=n_threads, backend=backend,
                              reduction=reduction).items()))
 

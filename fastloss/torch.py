@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 import fastloss
-from fastloss import _api
+from fastloss import _api, _backends
 from fastloss import _validate as V
 
 __all__ = [
@@ -166,6 +166,12 @@ def empty_cache() -> None:
 
 def _backend(backend: str, t: Tensor) -> str:
     return "cuda" if t.is_cuda and backend == "auto" else backend
+
+
+def _threads_arg(n_threads) -> int:
+    """A public ``n_threads`` checked as the NumPy API checks it; None becomes the ops' 0
+    (every thread torch uses)."""
+    return V.n_threads(n_threads) or 0
 
 
 def _threads(n_threads: int) -> int:
@@ -588,18 +594,17 @@ class _NotCommon(Exception):
 
 class _CommonCrossEntropy(torch.autograd.Function):
     """The common cross-entropy call in plain eager mode, with fewer steps: the NumPy API's
-    own short path (:func:`fastloss._api._fast_cross_entropy`: the same kernel, the same
-    result bit for bit) and nothing else to carry.  Backward is the ops' own."""
+    own kernel call (:func:`fastloss._api._fast_cross_entropy_run`: the same kernel, the same
+    result bit for bit), its checks made on the tensors by :func:`_common_cross_entropy`,
+    and nothing else to carry.  Backward is the ops' own."""
 
     @staticmethod
     def forward(ctx, logits, target, reduction, n_threads):
         x = logits.detach().numpy()
-        out = _SPARE.take(x.shape, x.dtype)
-        result = _api._fast_cross_entropy(x, target.numpy(), reduction, "auto", n_threads,
-                                          True, out)
-        if result is None:
+        grad = _SPARE.take(x.shape, x.dtype)
+        loss = _api._fast_cross_entropy_run(x, target.numpy(), reduction, n_threads, grad)
+        if loss is None:
             raise _NotCommon
-        loss, grad = result
         ctx.save_for_backward(torch.from_numpy(grad))
         ctx.set_materialize_grads(False)
         ctx.broadcast_rows = reduction == "none"
@@ -632,19 +637,23 @@ _common_apply = _direct_apply(_CommonCrossEntropy)
 
 
 def _common_cross_entropy(input, target, reduction, n_threads) -> Optional[Tensor]:
-    """The loss of the common call (CPU float32/float64 (N, C) contiguous logits, int64
-    class indices, default options: checked by the caller and here), or None."""
+    """The loss of the common call (CPU float32/float64 (N, C) contiguous logits with N, C
+    >= 1, int64 class indices, default options: checked by the caller and here, with every
+    check of :func:`fastloss._api._fast_cross_entropy` that can fail for tensors), or
+    None."""
     if (type(input) is not torch.Tensor or type(target) is not torch.Tensor
             or input.dtype not in _COMMON_DTYPES or target.dtype != torch.int64
-            or input.ndim != 2 or target.ndim != 1 or input.device.type != "cpu"
-            or target.device.type != "cpu" or reduction not in _COMMON_REDUCTIONS
+            or input.ndim != 2 or target.ndim != 1 or not input.is_cpu
+            or not target.is_cpu or reduction not in _COMMON_REDUCTIONS
             or not input.is_contiguous() or not target.is_contiguous()
-            or not _plain_eager()):
+            or input.shape[0] != target.shape[0] or input.numel() == 0
+            or (n_threads is not None and (type(n_threads) is not int or n_threads < 1))
+            or _backends.env_backend_set() or not _plain_eager()):
         return None
     threads = n_threads or torch.get_num_threads()
     if not (input.requires_grad and torch.is_grad_enabled()):
-        loss = _api._fast_cross_entropy(input.detach().numpy(), target.numpy(), reduction,
-                                        "auto", threads, False, None)
+        loss = _api._fast_cross_entropy_run(input.detach().numpy(), target.numpy(), reduction,
+                                            threads, None)
         return None if loss is None else torch.from_numpy(np.asarray(loss))
     try:
         return _common_apply(input, target, reduction, threads)
@@ -678,7 +687,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     z_loss, softcap, temperature = _check_options(z_loss, softcap, temperature)
     args = (target, weight, int(ignore_index), float(label_smoothing), reduction, z_loss,
             softcap, temperature)
-    threads = n_threads or 0
+    threads = _threads_arg(n_threads)
     if _overwrite(inplace_backward, input):
         return _Overwrite.apply("cross_entropy", reduction == "none", input, *args, backend,
                                 threads)
@@ -697,7 +706,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     _no_grad_needed("binary_cross_entropy_with_logits", target=target, weight=weight,
                     pos_weight=pos_weight)
     args = (target, weight, pos_weight, reduction)
-    threads = n_threads or 0
+    threads = _threads_arg(n_threads)
     if _overwrite(inplace_backward, input):
         return _Overwrite.apply("bce", False, input, *args, backend, threads)
     return _run(_bce_op, input, *args, _wants_grad(input), backend, threads)
@@ -716,7 +725,7 @@ def kl_div_with_logits(logits: Tensor, target: Tensor, reduction: str = "mean",
     if reduction == "batchmean" and logits.dim() == 1:
         reduction = "mean"  # PyTorch divides by input.size(0), i.e. C, for 1-D input
     return _run(_kl_op, logits, target, bool(log_target), reduction, _wants_grad(logits),
-                backend, n_threads or 0)
+                backend, _threads_arg(n_threads))
 
 
 def softmax_mse(logits: Tensor, target: Tensor, reduction: str = "mean", *,
@@ -726,14 +735,15 @@ def softmax_mse(logits: Tensor, target: Tensor, reduction: str = "mean", *,
     _rows_only(logits, "softmax_mse")
     _no_grad_needed("softmax_mse", target=target)
     return _run(_softmax_mse_op, logits, target, reduction, _wants_grad(logits), backend,
-                n_threads or 0)
+                _threads_arg(n_threads))
 
 
 def entropy(logits: Tensor, reduction: str = "mean", *, backend: str = "auto",
             n_threads: Optional[int] = None) -> Tensor:
     """Shannon entropy (nats) of ``softmax(logits)`` per row; "mean" averages the rows."""
     _rows_only(logits, "entropy")
-    return _run(_entropy_op, logits, reduction, _wants_grad(logits), backend, n_threads or 0)
+    return _run(_entropy_op, logits, reduction, _wants_grad(logits), backend,
+                _threads_arg(n_threads))
 
 
 def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
@@ -745,7 +755,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
     reduction = _reduction(size_average, reduce, reduction)
     _no_grad_needed("mse_loss", target=target)
     return _run(_mse_op, input, target, reduction, _wants_grad(input), backend,
-                n_threads or 0)
+                _threads_arg(n_threads))
 
 
 # --------------------------------------------------------------------------------------------
@@ -902,7 +912,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     loss, *_ = _linear_ce_op(input, linear_weight, target, linear_bias, weight,
                              int(ignore_index), float(label_smoothing), reduction, z_loss,
                              softcap, temperature, chunk_size or 0,
-                             want_grad and reduction != "none", backend, n_threads or 0)
+                             want_grad and reduction != "none", backend,
+                             _threads_arg(n_threads))
     return loss
 
 

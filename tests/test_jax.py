@@ -307,6 +307,14 @@ def test_errors(rng):
             jax.block_until_ready(jax.jit(lambda x, i=implementation:
                                           fj.softmax_cross_entropy_with_integer_labels(
                                               x, bad, implementation=i))(x))
+    for bad_threads in (0, -1):  # as in the NumPy API
+        for call in (fj.softmax_cross_entropy_with_integer_labels, fj.softmax_mse):
+            with pytest.raises(ValueError, match="n_threads must be a positive integer"):
+                call(x, labels, n_threads=bad_threads)
+        with pytest.raises(ValueError, match="n_threads must be a positive integer"):
+            fj.entropy(x, n_threads=bad_threads)
+    with pytest.raises(TypeError, match="n_threads"):
+        fj.softmax_cross_entropy(x, jax.nn.softmax(x), n_threads=1.5)
     with pytest.raises(RuntimeError, match="implementation='ffi'"):
         fj.softmax_cross_entropy_with_integer_labels(x, labels, backend="numba",
                                                      implementation="ffi")

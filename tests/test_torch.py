@@ -241,16 +241,15 @@ def test_cpu_tensors_reach_the_kernels_without_a_copy(monkeypatch, gen):
 
     # the common call (default options) has its own short path: the same holds there
     shared.clear()
-    fast = fastloss._api._fast_cross_entropy
+    fast = fastloss._api._fast_cross_entropy_run
 
-    def fast_spy(logits, target, *args):
+    def fast_spy(logits, target, reduction, threads, grad):
         shared.append((np.shares_memory(logits, x.detach().numpy()),
                        np.shares_memory(target, t.numpy())))
-        result = fast(logits, target, *args)
-        shared.append(result[1])
-        return result
+        shared.append(grad)
+        return fast(logits, target, reduction, threads, grad)
 
-    monkeypatch.setattr(fastloss._api, "_fast_cross_entropy", fast_spy)
+    monkeypatch.setattr(fastloss._api, "_fast_cross_entropy_run", fast_spy)
     x.grad = None
     ft.cross_entropy(x, t).backward()
     assert shared[0] == (True, True)
@@ -529,11 +528,53 @@ def test_common_cross_entropy_leaves_other_calls_to_the_general_path(gen):
     with pytest.raises(ValueError, match="reduction"):
         ft.cross_entropy(x, t, reduction="max")
     assert x.grad is None
+    with pytest.raises(ValueError, match="n_threads"):
+        ft.cross_entropy(x, t, n_threads=-1)
+    with pytest.raises(TypeError, match="n_threads"):
+        ft.cross_entropy(x, t, n_threads=1.5)
+    with pytest.raises(ValueError, match="target"):
+        ft.cross_entropy(x, t[:-1])
+    assert x.grad is None
     for call in (lambda: ft.cross_entropy(x.t().contiguous().t(), t),  # not C-contiguous
                  lambda: ft.cross_entropy(x, t.int()),
                  lambda: ft.cross_entropy(x, t, ignore_index=1),
                  lambda: ft.cross_entropy(x, t, label_smoothing=0.1)):
         assert type(call().grad_fn).__name__ == "_EagerBackward"
+    assert type(ft.cross_entropy(x, t, n_threads=1).grad_fn).__name__ == (
+        "_CommonCrossEntropyBackward")
+    empty = torch.zeros(0, C, requires_grad=True)
+    assert type(ft.cross_entropy(empty, t[:0]).grad_fn).__name__ == "_EagerBackward"
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_a_bad_thread_count_is_refused_by_every_loss(bad, gen):
+    """As in the NumPy API: n_threads is None or a positive integer."""
+    x = _logits(gen, N, C).float()
+    t = torch.randint(0, C, (N,), generator=gen)
+    p = torch.softmax(_logits(gen, N, C).float(), -1)
+    w = torch.randn(C, 5, generator=gen)
+    calls = [lambda: ft.cross_entropy(x, t, n_threads=bad),
+             lambda: ft.cross_entropy(x, t, label_smoothing=0.1, n_threads=bad),
+             lambda: ft.binary_cross_entropy_with_logits(x, p, n_threads=bad),
+             lambda: ft.kl_div_with_logits(x, p, n_threads=bad),
+             lambda: ft.softmax_mse(x, t, n_threads=bad),
+             lambda: ft.entropy(x, n_threads=bad),
+             lambda: ft.mse_loss(x, p, n_threads=bad),
+             lambda: ft.linear_cross_entropy(x[:, :5], w, t, n_threads=bad)]
+    for call in calls:
+        with pytest.raises(ValueError, match="n_threads must be a positive integer"):
+            call()
+
+
+def test_common_cross_entropy_follows_the_backend_variable(gen, monkeypatch):
+    """With $FASTLOSS_BACKEND set, the call goes through the general path, which reads it."""
+    x = _logits(gen, N, C).float().requires_grad_()
+    t = torch.randint(0, C, (N,), generator=gen)
+    want = ft.cross_entropy(x, t)
+    monkeypatch.setenv("FASTLOSS_BACKEND", "numpy")
+    got = ft.cross_entropy(x, t)
+    assert type(got.grad_fn).__name__ == "_EagerBackward"
+    torch.testing.assert_close(got, want)
 
 
 def test_the_kept_gradient_buffer_is_reused_only_when_unused(gen):
