@@ -88,3 +88,39 @@ def test_z_loss_gradient_matches_central_differences(reduction, backend):
     numeric = central_difference(
         lambda v: fl.cross_entropy(v, y, **kwargs, reduction="none", backend=backend), x)
     np.testing.assert_allclose(grad, numeric, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_dense_statistics_over_many_blocks(dtype, in_place, backend):
+    """Label smoothing and probability targets on rows of several 1024-class blocks (the C
+    kernels gather their statistics block by block, in the fused call while each block is
+    visited for the exp): a larger max in a later block, a whole block of -inf, a -inf
+    logit with target mass, NaN and +inf, each in one row; against the reference, and the
+    fused loss against the forward."""
+    rng = np.random.default_rng(5)
+    n, c = 7, 3000
+    x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    x[1, 2500] = 40.0  # the max comes in the last block
+    x[2, 1024:2048] = -np.inf
+    x[3, 10] = -np.inf  # target mass there: an infinite loss
+    x[4, 2999] = np.nan
+    x[5, 1500] = np.inf
+    y = np.array([3, 2500, 5, 7, 11, 0, 2999])
+    probs = rng.random((n, c)).astype(dtype)
+    probs[2, 1024:2048] = 0  # no mass on the impossible classes
+    probs /= probs.sum(1, keepdims=True)
+    for target, kw in ((y, dict(label_smoothing=0.2)), (probs, {}),
+                       (probs, dict(label_smoothing=0.1)),
+                       (y, dict(label_smoothing=0.1, weight=rng.random(c) + 0.5))):
+        want_loss, want_grad = fl.cross_entropy_with_grad(x, target, **kw, reduction="none",
+                                                          backend="numpy")
+        logits = x.copy()
+        loss, grad = fl.cross_entropy_with_grad(logits, target, **kw, reduction="none",
+                                                out=logits if in_place else None,
+                                                backend=backend)
+        assert_close(loss, want_loss, dtype)
+        assert_close(grad, want_grad, dtype)
+        assert_close(fl.cross_entropy(x, target, **kw, reduction="none", backend=backend),
+                     loss, dtype)
+        assert np.isinf(loss[3]) and np.isnan(loss[4]) and np.isnan(loss[5])

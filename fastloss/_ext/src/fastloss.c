@@ -145,6 +145,18 @@ FL_INLINE void fl_shifted_add(fl_shifted *acc, double u, double x) {
     }
 }
 
+/* A block's sums, u_b = sum u_c and shift_b = sum u_c (mb - x_c) with the block's max mb,
+   moved to the running max as fl_shifted_add moves one term (the block sums come from
+   vectorised loops: kl_row, dense_shifted, exp_blocks). */
+FL_INLINE void fl_shifted_add_block(fl_shifted *acc, double mb, double u_b, double shift_b) {
+    if (mb > acc->max) {
+        if (acc->u != 0.0) acc->shift += acc->u * (mb - acc->max);
+        acc->max = mb;
+    }
+    if (u_b != 0.0) acc->shift += mb == -INFINITY ? shift_b : shift_b + u_b * (acc->max - mb);
+    acc->u += u_b;
+}
+
 /* A thread's scratch, O(c): the block maxima (on the stack up to STACK_BLOCKS blocks) and
    up to three rows of doubles. */
 typedef struct {
