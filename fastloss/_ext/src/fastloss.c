@@ -127,27 +127,16 @@ typedef struct {
     double cnst;
 } fl_linear_stats;
 
-/* sum_c u_c (m - x_c) in one pass, m the row max, with the running max M of the classes so
+/* sum_c u_c (m - x_c), m the row max, block by block with the running max M of the blocks so
    far: every term is >= 0, so logits like 1e30 do not cancel (sum u x - U m would).  A term
    with u_c = 0 is dropped (0 * inf = 0); u_c != 0 on x_c = -inf makes the sum +inf. */
 typedef struct {
     double max, u, shift;
 } fl_shifted;
 
-FL_INLINE void fl_shifted_add(fl_shifted *acc, double u, double x) {
-    if (x > acc->max) {
-        if (acc->u != 0.0) acc->shift += acc->u * (x - acc->max);
-        acc->max = x;
-    }
-    if (u != 0.0) {
-        acc->shift += x == -INFINITY ? INFINITY : u * (acc->max - x);
-        acc->u += u;
-    }
-}
-
-/* A block's sums, u_b = sum u_c and shift_b = sum u_c (mb - x_c) with the block's max mb,
-   moved to the running max as fl_shifted_add moves one term (the block sums come from
-   vectorised loops: kl_row, dense_shifted, exp_blocks). */
+/* A block's sums, u_b = sum u_c and shift_b = sum u_c (mb - x_c) with the block's max mb
+   (from vectorised loops: kl_block, dense_block), moved to the running max: the sum so far
+   grows by U (mb - M) when mb is a new max, the block's by u_b (M - mb) otherwise. */
 FL_INLINE void fl_shifted_add_block(fl_shifted *acc, double mb, double u_b, double shift_b) {
     if (mb > acc->max) {
         if (acc->u != 0.0) acc->shift += acc->u * (mb - acc->max);
