@@ -272,19 +272,25 @@ def softmax_mse(x, target):
           = 2\,p_{ij}\Big[(p_{ij} - t_{ij}) - \sum_c (p_{ic} - t_{ic})\,p_{ic}\Big],
 
     from :math:`\partial p_c / \partial x_j = p_c(\delta_{cj} - p_j)`.  ``target`` is (N,)
-    class indices (one-hot rows) or (N, C) probabilities.
+    class indices (one-hot rows) or (N, C) probabilities.  With class indices,
+    :math:`p_y - 1 = -\sum_{c \ne y} p_c` (no cancellation as :math:`p_y` nears 1) and
+    :math:`\partial \ell / \partial x_y = -2 p_y \ell` (its two terms would cancel there).
     """
     x = _f64(x)
     target = np.asarray(target)
-    if target.ndim == 1:
-        t = np.zeros_like(x)
-        t[np.arange(x.shape[0]), target] = 1.0
-    else:
-        t = _f64(target)
     p = softmax(x)
-    d = p - t
+    if target.ndim == 1:
+        rows = np.arange(x.shape[0])
+        d = p.copy()
+        p_y = p[rows, target]
+        d[rows, target] = 0.0
+        d[rows, target] = np.where(np.isnan(p_y), np.nan, -np.sum(d, axis=-1))  # a row of -inf
+    else:
+        d = p - _f64(target)
     loss = np.sum(d * d, axis=-1)
     grad = 2.0 * p * (d - np.sum(d * p, axis=-1, keepdims=True))
+    if target.ndim == 1:
+        grad[rows, target] = -2.0 * p[rows, target] * loss
     return _mask_rows(x, loss, grad)
 
 

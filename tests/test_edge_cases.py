@@ -157,3 +157,46 @@ def test_the_row_max_wherever_it_is_in_a_long_row(backend, dtype):
     np.testing.assert_allclose(grad[:n], ref_grad, rtol=1e-4 if dtype == np.float32 else 1e-10,
                                atol=1e-7 if dtype == np.float32 else 1e-15)
     assert np.all(np.isnan(loss[n:])) and np.all(np.isnan(grad[n:]))
+
+
+@pytest.mark.parametrize("c", [5, 40, 3000])
+def test_softmax_mse_near_its_one_hot_target(backend, c):
+    """Softmax MSE with class indices where p_y nears 1 (training converges there): the loss,
+    about (1 - p_y)^2, and g_y to float32's precision, not to that of p_y - 1 in float32
+    (which keeps about 2 digits of 1 - p_y = 4e-6).  Against the float64 reference."""
+    x = np.zeros((4, c), dtype=np.float32)
+    y = np.array([0, c - 1, c // 2, 1])
+    x[np.arange(4), y] = np.array([12.0, 16.0, 20.0, 14.0]) + np.log(c)
+    loss, grad = fl.softmax_mse_with_grad(x, y, reduction="none", backend=backend)
+    ref_loss, ref_grad = fl.softmax_mse_with_grad(x.astype(np.float64), y, reduction="none",
+                                                  backend="numpy")
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_mse_over_many_blocks(backend, dtype):
+    """Softmax MSE with class indices on rows of several 1024-class blocks (the C kernel sums
+    each block's exp, but the target's, as it stores them): the max in a later block, the
+    target in a block of -inf or in the block of the max, NaN and +inf; against the
+    reference, and the fused loss against the forward and the call in place."""
+    rng = np.random.default_rng(8)
+    n, c = 7, 3000
+    x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    x[1, 2500] = 40.0
+    x[2, 1024:2048] = -np.inf
+    x[3, 2999] = 50.0
+    x[4, 2999] = np.nan
+    x[5, 1500] = np.inf
+    y = np.array([3, 2500, 1500, 2999, 11, 0, 2047])
+    want_loss, want_grad = fl.softmax_mse_with_grad(x, y, reduction="none", backend="numpy")
+    loss, grad = fl.softmax_mse_with_grad(x, y, reduction="none", backend=backend)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss, want_loss, rtol=rtol)
+    np.testing.assert_allclose(grad, want_grad, rtol=100 * rtol, atol=rtol * 1e-3)
+    np.testing.assert_array_equal(fl.softmax_mse(x, y, reduction="none", backend=backend), loss)
+    logits = x.copy()
+    in_place = fl.softmax_mse_with_grad(logits, y, reduction="none", out=logits,
+                                        backend=backend)
+    np.testing.assert_array_equal(in_place[0], loss)
+    np.testing.assert_array_equal(in_place[1], grad)

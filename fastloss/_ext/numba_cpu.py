@@ -275,20 +275,31 @@ def _fn_row(row, trow, y, sparse, loss_code, si, g, write_grad):
     inv_s = 1.0 / s
     value = 0.0
     dot = 0.0  # sum_k p_k phi_k
+    rest = 0.0  # sparse (softmax MSE, one-hot target): sum_{k != y} p_k = 1 - p_y
+    p_y = 0.0
     for k in range(c):
         zk = row[k] - m
         p = vexp(zk) * inv_s
+        if sparse and k == y:
+            p_y = p
+            continue
         log_p = np.float64(zk) - log_s
-        t = (1.0 if k == y else 0.0) if sparse else np.float64(trow[k])
+        t = 0.0 if sparse else np.float64(trow[k])
+        rest += p
         value += hooks.p_term(loss_code, p, log_p, t)
         dot += p * hooks.p_phi(loss_code, p, log_p, t)
+    if sparse:  # the class y's terms, (p_y - 1)^2 and 2 p_y (p_y - 1), from 1 - p_y = rest
+        value += rest * rest
+        dot -= 2.0 * p_y * rest
     if write_grad:
         for k in range(c):
             zk = row[k] - m
             p = vexp(zk) * inv_s
             log_p = np.float64(zk) - log_s
-            t = (1.0 if k == y else 0.0) if sparse else np.float64(trow[k])
+            t = 0.0 if sparse else np.float64(trow[k])
             g[k] = like(si * p * (hooks.p_phi(loss_code, p, log_p, t) - dot), g)
+        if sparse:  # si p_y (2 (p_y - 1) - dot) = -2 si p_y loss, without cancellation
+            g[y] = like(-2.0 * si * p_y * value, g)
     return value
 
 

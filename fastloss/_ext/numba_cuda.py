@@ -215,15 +215,26 @@ if cuda is not None:
             log_s = math.log(s) if not bad else 0.0
             value = 0.0
             dot = 0.0  # sum_k p_k phi_k
+            rest = 0.0  # sparse (softmax MSE, one-hot target): sum_{k != y} p_k = 1 - p_y
+            p_y = 0.0
             if not bad:
                 for j in range(tid, c, nt):
                     z = float64(x[i, j]) - m
                     p = math.exp(z) / s
-                    t = (1.0 if j == y else 0.0) if sparse else float64(target[i, j])
-                    value += hooks.p_term(loss_code, p, z - log_s, t)
-                    dot += p * hooks.p_phi(loss_code, p, z - log_s, t)
+                    if sparse and j == y:
+                        p_y = p
+                    else:
+                        t = 0.0 if sparse else float64(target[i, j])
+                        rest += p
+                        value += hooks.p_term(loss_code, p, z - log_s, t)
+                        dot += p * hooks.p_phi(loss_code, p, z - log_s, t)
             value = _block_sum(value, tid, nt, sm_s)
             dot = _block_sum(dot, tid, nt, sm_s)
+            if sparse:  # the class y's terms from 1 - p_y = rest (as the CPU kernels)
+                rest = _block_sum(rest, tid, nt, sm_s)
+                p_y = _block_sum(p_y, tid, nt, sm_s)
+                value += rest * rest
+                dot -= 2.0 * p_y * rest
             if tid == 0:
                 loss[i] = NAN if bad else value
             if write_grad:
@@ -234,8 +245,10 @@ if cuda is not None:
                     else:
                         z = float64(x[i, j]) - m
                         p = math.exp(z) / s
-                        t = (1.0 if j == y else 0.0) if sparse else float64(target[i, j])
+                        t = 0.0 if sparse else float64(target[i, j])
                         grad[i, j] = si * p * (hooks.p_phi(loss_code, p, z - log_s, t) - dot)
+                        if sparse and j == y:  # -2 si p_y loss, without cancellation
+                            grad[i, j] = -2.0 * si * p_y * value
             cuda.syncthreads()
 
     # -------------------------------------------------- shape 3: elementwise
