@@ -67,6 +67,8 @@ def _cases(rng, x):
         (fastloss.kl_divergence_with_grad, (log_t,), {"log_target": True,
                                                      "reduction": "none", "grad_output": go}),
         (fastloss.softmax_mse_with_grad, (y.clip(0),), {}),
+        (fastloss.softmax_mse_with_grad, (y.clip(0),), {"reduction": "none",
+                                                         "grad_output": go}),
         (fastloss.softmax_mse_with_grad, (t,), {"reduction": "none"}),
         (fastloss.entropy_with_grad, (), {}),
         (fastloss.entropy_with_grad, (), {"reduction": "none", "grad_output": go}),
@@ -141,7 +143,7 @@ def test_the_128_bit_streaming_stores(tmp_path):
     for dtype in (np.float32, np.float64):
         name = np.dtype(dtype).name
         n_cases = len([k for k in narrow.files if k.startswith(f"loss_{name}_in_place_")])
-        assert n_cases == 11
+        assert n_cases == len(_cases(*_logits(dtype, 0)))
 
         def read(where, name=name, n_cases=n_cases):
             return [(f"{name} {where} case {i}", narrow[f"loss_{name}_{where}_{i}"],
@@ -161,7 +163,8 @@ def test_streamed_gradient_matches_the_reference():
     rows = slice(20, 24)
     for fn, ref, target in ((fastloss.cross_entropy_with_grad, reference.cross_entropy, y),
                             (fastloss.kl_divergence_with_grad, reference.kl_divergence, t),
-                            (fastloss.softmax_mse_with_grad, reference.softmax_mse, t)):
+                            (fastloss.softmax_mse_with_grad, reference.softmax_mse, t),
+                            (fastloss.softmax_mse_with_grad, reference.softmax_mse, y)):
         out = np.empty_like(x)
         loss, grad = fn(x, target, reduction="none", out=out, backend="cython")
         expected_loss, expected = ref(x[rows], target[rows])
