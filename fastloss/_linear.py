@@ -33,7 +33,9 @@ from . import _validate as V
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "default_chunk_size"]
 
-CHUNK_BYTES = 64 << 20  # the default chunk holds at most 64 MiB of logits
+CHUNK_BYTES = 64 << 20  # the default chunk holds 64 MiB of logits ...
+MIN_CHUNK_ROWS = 256  # ... or at least this many rows, ...
+MAX_CHUNK_BYTES = 256 << 20  # ... when they fit in this
 
 # None: the products run on SciPy's BLAS wrappers when SciPy is importable (gemm with
 # beta = 1 accumulates grad_linear_weight in place), else on NumPy's matmul; False: NumPy only
@@ -54,12 +56,20 @@ def _scipy_blas():
 
 
 def default_chunk_size(n_classes: int, dtype) -> int:
-    """Rows per chunk such that one chunk of logits takes at most ``CHUNK_BYTES`` (64 MiB).
+    """Rows per chunk: as many as fit ``CHUNK_BYTES`` (64 MiB) of logits, but at least
+    ``MIN_CHUNK_ROWS`` (256) where those fit ``MAX_CHUNK_BYTES`` (256 MiB), else as many
+    as fit that (at least 1).
+
+    Every chunk reads and writes all of ``grad_linear_weight`` (V x H) once, and its rows
+    are the inner dimension of that product: at 1024 x 512 x 128256 float32 on 2 threads,
+    chunks of 130 rows (64 MiB) took 1.48x the time of the three products alone, of 256
+    rows 1.18x, of 512 rows 1.12x.
 
     >>> default_chunk_size(32768, "float32"), default_chunk_size(128256, "float32")
-    (512, 130)
+    (512, 256)
     """
-    return max(1, CHUNK_BYTES // (int(n_classes) * np.dtype(dtype).itemsize))
+    row = int(n_classes) * np.dtype(dtype).itemsize
+    return max(1, CHUNK_BYTES // row, min(MIN_CHUNK_ROWS, MAX_CHUNK_BYTES // row))
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,8 +350,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         cross-entropy keeps PyTorch's denominator D: each chunk gets ``z_loss * D / n_counted``
         with its rows scaled by ``1 / D``.
     chunk_size : int, optional
-        Rows per chunk; default: as many as fit 64 MiB of logits (see
-        :func:`default_chunk_size`).
+        Rows per chunk; default: as many as fit 64 MiB of logits, at least 256 where those
+        fit 256 MiB (see :func:`default_chunk_size`).
 
     Returns
     -------

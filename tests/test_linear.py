@@ -322,12 +322,14 @@ def test_chunk_sizes(chunk_size, blas_path):
 
 
 def test_default_chunk_size(monkeypatch):
-    assert default_chunk_size(32768, np.float32) == 512
-    assert default_chunk_size(128256, np.float32) == (64 << 20) // (128256 * 4)
+    assert default_chunk_size(32768, np.float32) == 512  # 64 MiB
+    assert default_chunk_size(128256, np.float32) == 256  # at least 256 rows: 125 MiB
     assert default_chunk_size(32768, np.float64) == 256
+    assert default_chunk_size(262144, np.float64) == 128  # 256 rows would take 512 MiB
     assert default_chunk_size(10**9, np.float64) == 1
     # the default comes from the budget: 3 rows of V float64 logits -> chunks of 3 rows
     monkeypatch.setattr(_linear, "CHUNK_BYTES", 3 * V * 8)
+    monkeypatch.setattr(_linear, "MIN_CHUNK_ROWS", 1)
     calls = []
     real = fastloss._api.cross_entropy_with_grad
 
