@@ -226,9 +226,10 @@ _BOTH_WIDTHS = textwrap.dedent("""
     import sys
     import numpy as np
     import fastloss
+    from fastloss._ext import _cython
     from fastloss._grad_hess import cross_entropy_grad_hess
     rng = np.random.default_rng(5)
-    out = {}
+    out = {"wide": np.array(_cython.wide_vectors())}
     for c in (10, 31, 300):
         for dtype in (np.float32, np.float64):
             x = (rng.standard_normal((53, c)) * 3.0).astype(dtype)
@@ -255,6 +256,21 @@ _BOTH_WIDTHS = textwrap.dedent("""
 """)
 
 
+def _has_x86_64_v4() -> bool:
+    """Whether /proc/cpuinfo lists the features of x86-64-v4 (as GCC's
+    ``__builtin_cpu_supports`` checks them: v2, v3, then AVX-512 F, BW, CD, DQ, VL)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:  # pragma: no cover - not Linux
+        return False
+    v2 = {"cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3"}
+    v3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+    v4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+    return v2 | v3 | v4 <= set(flags)
+
+
 def test_the_256_bit_kernels_give_the_same_rows(tmp_path):
     """FASTLOSS_NO_AVX512=1 runs the 256-bit kernels (what CPUs without AVX-512 get): the
     short-row tile gives the same bits as the 512-bit one (each lane runs the same
@@ -267,8 +283,10 @@ def test_the_256_bit_kernels_give_the_same_rows(tmp_path):
                        timeout=300)
         results[switch] = np.load(path)
     narrow, default = results["1"], results["0"]
+    assert not narrow["wide"]  # the switch is obeyed ...
+    assert default["wide"] == _has_x86_64_v4()  # ... and the default takes 512 bits if it can
     for key in narrow.files:
-        if key.startswith(("x_", "t_", "p_")):
+        if key.startswith(("x_", "t_", "p_", "wide")):
             continue
         if key.split("_")[1] != "300":
             np.testing.assert_array_equal(narrow[key], default[key], err_msg=key)

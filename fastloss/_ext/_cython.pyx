@@ -125,6 +125,7 @@ cdef extern from "rows.h" nogil:
                             int n_threads)
     void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst)
     void fl_float_to_half(int64_t n, int format, const float *src, uint16_t *dst)
+    int fl_wide_vectors()
 
 ctypedef fused real:
     float
@@ -171,6 +172,11 @@ cdef inline const void *_probs(t, int *fmt) except? NULL:
 
 def unavailable_reason():
     return None
+
+
+def wide_vectors():
+    """Whether the kernels' 512-bit variant may run here (AVX-512, FASTLOSS_NO_AVX512)."""
+    return bool(fl_wide_vectors())
 
 
 def threads():

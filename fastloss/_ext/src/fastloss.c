@@ -646,3 +646,11 @@ void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst) {
 void fl_float_to_half(int64_t n, int format, const float *src, uint16_t *dst) {
     fl_half_store(dst, src, n, format);
 }
+
+int fl_wide_vectors(void) {
+#ifdef FL_HAVE_WIDE
+    return fl_wide_allowed();
+#else
+    return 0;
+#endif
+}

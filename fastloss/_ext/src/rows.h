@@ -158,6 +158,10 @@ FL_PRIVATE int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint1
 FL_PRIVATE void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst);
 FL_PRIVATE void fl_float_to_half(int64_t n, int format, const float *src, uint16_t *dst);
 
+/* 1 when the kernels' 512-bit variant may run (an x86-64-v4 CPU, and FASTLOSS_NO_AVX512
+   unset, empty or "0" at the first call), else 0. */
+FL_PRIVATE int fl_wide_vectors(void);
+
 /* ------------------------------------------------------------------ threads (threads.c) */
 
 /* Computes rows [lo, hi) of the problem described by args; returns a FASTLOSS_* code. */
