@@ -261,6 +261,20 @@ def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
 # d loss_i / d z_ij = p_ij (phi_ij - sum_k p_ik phi_ik).
 
 @njit(**INLINE)
+def _rest_sums(row, y, m, inv_s):
+    """Softmax MSE with a one-hot target: ``(R, Q)``, ``R = sum_{k != y} p_k = 1 - p_y`` and
+    ``Q = sum_{k != y} p_k^2`` (a select, not a branch: the loop vectorises)."""
+    rest = 0.0
+    q = 0.0
+    for k in range(row.shape[0]):
+        p = vexp(row[k] - m) * inv_s
+        p = 0.0 if k == y else p
+        rest += p
+        q += p * p
+    return rest, q
+
+
+@njit(**INLINE)
 def _fn_row(row, trow, y, sparse, loss_code, si, g, write_grad):
     """Loss of one row; writes ``si * d loss / d row`` into ``g`` (which may be ``row``: the
     gradient pass recomputes p from the row element by element)."""
@@ -273,24 +287,23 @@ def _fn_row(row, trow, y, sparse, loss_code, si, g, write_grad):
         return NAN
     log_s = math.log(s)
     inv_s = 1.0 / s
+    p_y = 0.0
     value = 0.0
     dot = 0.0  # sum_k p_k phi_k
-    rest = 0.0  # sparse (softmax MSE, one-hot target): sum_{k != y} p_k = 1 - p_y
-    p_y = 0.0
-    for k in range(c):
-        zk = row[k] - m
-        p = vexp(zk) * inv_s
-        if sparse and k == y:
-            p_y = p
-            continue
-        log_p = np.float64(zk) - log_s
-        t = 0.0 if sparse else np.float64(trow[k])
-        rest += p
-        value += hooks.p_term(loss_code, p, log_p, t)
-        dot += p * hooks.p_phi(loss_code, p, log_p, t)
-    if sparse:  # the class y's terms, (p_y - 1)^2 and 2 p_y (p_y - 1), from 1 - p_y = rest
-        value += rest * rest
-        dot -= 2.0 * p_y * rest
+    if sparse:  # softmax MSE, one-hot target: (p_y - 1)^2 and 2 p_y (p_y - 1) from
+        # 1 - p_y = rest, without cancellation as p_y nears 1
+        rest, q = _rest_sums(row, y, m, inv_s)
+        p_y = vexp(row[y] - m) * inv_s
+        value = q + rest * rest
+        dot = 2.0 * (q - p_y * rest)
+    else:
+        for k in range(c):
+            zk = row[k] - m
+            p = vexp(zk) * inv_s
+            log_p = np.float64(zk) - log_s
+            t = np.float64(trow[k])
+            value += hooks.p_term(loss_code, p, log_p, t)
+            dot += p * hooks.p_phi(loss_code, p, log_p, t)
     if write_grad:
         for k in range(c):
             zk = row[k] - m
