@@ -148,28 +148,19 @@ FL_INLINE void fl_shifted_add_block(fl_shifted *acc, double mb, double u_b, doub
 
 /* Softmax MSE with class indices: the sums that leave the class y out, rest = sum_{c != y}
    e_c and rest_sq = sum_{c != y} e_c^2 with e_c = exp(x_c - max), block by block with the
-   running max as fold moves s.  Then 1 - p_y = rest / s and sum_{c != y} p_c^2 = rest_sq / s^2
-   come without cancellation (1 - p_y from p_y would lose every digit as p_y nears 1). */
+   running max: fold moves rest as it moves s, and rest_sq as a sum of exp(2 (x_c - max))
+   (2 max and 2 mb are exact).  Then 1 - p_y = rest / s and sum_{c != y} p_c^2 =
+   rest_sq / s^2 come without cancellation (1 - p_y from p_y would lose every digit as p_y
+   nears 1). */
 typedef struct {
     int64_t y; /* the class */
     double max, rest, rest_sq;
 } fl_rest;
 
 FL_INLINE void fl_rest_add_block(fl_rest *acc, double mb, double r_b, double q_b) {
-    if (acc->max == -INFINITY) {
-        acc->max = mb;
-        acc->rest = r_b;
-        acc->rest_sq = q_b;
-    } else if (mb > acc->max) {
-        const double f = exp(acc->max - mb);
-        acc->rest = acc->rest * f + r_b;
-        acc->rest_sq = acc->rest_sq * (f * f) + q_b;
-        acc->max = mb;
-    } else {
-        const double f = exp(mb - acc->max);
-        acc->rest += r_b * f;
-        acc->rest_sq += q_b * (f * f);
-    }
+    double max_sq = 2.0 * acc->max;
+    fold(&max_sq, &acc->rest_sq, 2.0 * mb, q_b);
+    fold(&acc->max, &acc->rest, mb, r_b);
 }
 
 /* A thread's scratch, O(c): the block maxima (on the stack up to STACK_BLOCKS blocks) and
