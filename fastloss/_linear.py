@@ -13,6 +13,14 @@ The three products of a chunk run on one BLAS: SciPy's wrappers when SciPy is im
 (NumPy's matmul has no ``beta``), else NumPy's matmul with a scratch block of at most one
 chunk's size for the accumulation.
 
+GPU arrays run the same loop on their own library (:class:`_TorchArrays` for torch CUDA
+tensors: ``torch.matmul(out=)``, ``addmm_``; :class:`_ModuleArrays` for CuPy arrays): the
+buffers and the products on the device, the cross-entropy on fastloss's cuda backend, which
+reads the chunk buffer in place through ``__cuda_array_interface__``.  Only the small
+arguments (class indices, class weights, ``grad_output``) are read on the host, where they
+are checked; every result, the loss included, is an array of the input's library on its
+device.
+
 The mean's denominator D is the whole batch's (worked out once, from the targets and the class
 weights, exactly as :func:`fastloss.cross_entropy` does); each chunk is called with
 ``reduction="none"`` and a per-row ``grad_output`` of ``grad_output / D`` (the user's per-row
@@ -76,13 +84,6 @@ def default_chunk_size(n_classes: int, dtype) -> int:
 # validation (everything that fastloss._validate has is used from there)
 
 
-def _host_float(value, name: str) -> np.ndarray:
-    if V.is_device_array(value):
-        raise TypeError(f"{name} is a GPU array; linear_cross_entropy runs on the host "
-                        "(NumPy's BLAS): copy it to the host first")
-    return V.floating(value, name)  # float16 / bfloat16 are multiplied in float32
-
-
 def _ce_options(z_loss, softcap, temperature) -> dict:
     """The cross-entropy options, checked once (by the same validators as cross_entropy);
     passed on to every chunk's :func:`fastloss.cross_entropy_with_grad`."""
@@ -106,11 +107,12 @@ class _Problem:
     def __init__(self, input, linear_weight, target, linear_bias, weight, ignore_index,
                  label_smoothing, reduction, z_loss, softcap, temperature, chunk_size,
                  backend, n_threads, want_grad, grad_output):
-        x = _host_float(input, "input")
+        self.arrays = arrays = _arrays_of(input)
+        x = arrays.floating(input, "input")
         if x.ndim < 1:
             raise ValueError("input must have shape (..., H) with the features on the last "
                              f"axis, got shape {tuple(x.shape)}")
-        w = _host_float(linear_weight, "linear_weight")
+        w = arrays.floating(linear_weight, "linear_weight")
         if w.ndim != 2:
             raise ValueError(f"linear_weight must have shape (V, H) (classes, features), got "
                              f"shape {tuple(w.shape)}")
@@ -131,7 +133,7 @@ class _Problem:
                             "they must be the same")
         b = None
         if linear_bias is not None:
-            b = _host_float(linear_bias, "linear_bias")
+            b = arrays.floating(linear_bias, "linear_bias")
             if tuple(b.shape) != (n_classes,):
                 raise ValueError(
                     f"linear_bias must have shape ({n_classes},), one value per row of "
@@ -144,44 +146,43 @@ class _Problem:
         batch_shape = tuple(x.shape)[:-1]
         # a stand-in for the logits input @ linear_weight.T (no memory): the target checks of
         # fastloss._validate only look at its shape
-        logits_like = np.broadcast_to(np.zeros((), x.dtype), batch_shape + (n_classes,))
+        logits_like = np.broadcast_to(np.zeros(()), batch_shape + (n_classes,))
         self.label_smoothing = V.label_smoothing(label_smoothing)
         self.ignore_index = V.integer(ignore_index, "ignore_index")
-        self.weight = V.class_weight(weight, n_classes)
-        self.soft = V.is_probability_target(target, logits_like)
+        self.weight = V.class_weight(arrays.host(weight), n_classes)
+        self.soft = arrays.is_probability_target(target, logits_like)
         if self.soft:
             if self.ignore_index != -100:
                 raise ValueError(
                     f"ignore_index={self.ignore_index} cannot be used with probability "
                     f"targets (target has the logits' shape {tuple(logits_like.shape)})"
                 )
-            target = V.same_shape(target, logits_like, "target")
-            self.target = target.reshape(-1, n_classes)
+            self.target = arrays.probability_rows(target, logits_like)
         else:
-            self.target = V.class_target(target, logits_like, self.ignore_index)
+            self.target = V.class_target(arrays.host(target), logits_like, self.ignore_index)
         self.reduction = V.reduction(reduction)
-        self.grad_output = (V.grad_output(grad_output, self.reduction, batch_shape)
-                            if want_grad else None)
+        self.grad_output = (V.grad_output(arrays.host(grad_output), self.reduction,
+                                          batch_shape) if want_grad else None)
         self.options = _ce_options(z_loss, softcap, temperature)
         self.n_threads = V.n_threads(n_threads)
-        self.backend, _ = _backends.resolve(backend)  # once: $FASTLOSS_BACKEND is read here
+        # once: $FASTLOSS_BACKEND is read here; "auto" is the cuda backend for GPU arrays
+        self.backend, _ = _backends.resolve(backend, device=arrays.on_gpu)
 
         self.input_shape = tuple(x.shape)
         self.batch_shape = batch_shape
         self.dtype = x.dtype  # of the results
         # BLAS multiplies float32 / float64: 16-bit inputs, weight and bias are converted once
         # (the weight's float32 copy is memory of V x H) and the gradients rounded at the end
-        self.compute = np.dtype(np.float32) if V.is_half(x.dtype) else x.dtype
-        # C-contiguous rows (a copy only for other layouts); W in a layout BLAS reads directly
-        self.x = np.ascontiguousarray(x, dtype=self.compute).reshape(-1, n_features)
-        if w.dtype != self.compute:
-            w = w.astype(self.compute)
-        self.w = w if (w.flags.c_contiguous or w.flags.f_contiguous) else np.ascontiguousarray(w)
-        self.b = None if b is None else b.astype(self.compute, copy=False)
+        self.compute = arrays.compute_dtype(x.dtype)
+        self.x = arrays.rows(x, self.compute)
+        self.w = arrays.matrix(w, self.compute)
+        self.b = None if b is None else arrays.vector(b, self.compute)
         self.n_rows = self.x.shape[0]
         self.n_classes = n_classes
         self.n_features = n_features
-        self.chunk = _chunk_size(chunk_size, self.n_rows, n_classes, self.compute)
+        # float32 or float64, named alike by NumPy and torch ("torch.float32")
+        compute_name = str(self.compute).rsplit(".", 1)[-1]
+        self.chunk = _chunk_size(chunk_size, self.n_rows, n_classes, np.dtype(compute_name))
 
         # the mean's denominator, as fastloss.cross_entropy: PyTorch's rule, over the batch
         if self.soft:
@@ -210,8 +211,11 @@ class _Problem:
         products.logits(self.x[start:stop], self.w, self.b, out)
         return out
 
-    def target_rows(self, start: int, stop: int) -> np.ndarray:
-        return self.target[start:stop]
+    def target_rows(self, start: int, stop: int):
+        """Class indices (host) or probabilities (the arrays' library) of rows start:stop, as
+        the cross-entropy reads them."""
+        rows = self.target[start:stop]
+        return self.arrays.ce_view(rows) if self.soft else rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,19 +245,19 @@ def _gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, beta: float) -> None:
         c.T[...] = result
 
 
-def _accumulate_numpy(acc: np.ndarray, g: np.ndarray, x: np.ndarray, scratch: list) -> None:
-    """``acc += g.T @ x`` with NumPy only (matmul has no beta): the product goes into a
-    scratch block of at most ``g.size`` elements, a block of rows of ``acc`` at a time, and is
-    then added, so the extra memory stays O(chunk x V) (at the cost of reading and writing
-    ``acc`` once more)."""
+def _accumulate_numpy(acc, g, x, scratch: list, xp=np) -> None:
+    """``acc += g.T @ x`` with NumPy's (or another array module ``xp``'s) matmul, which has
+    no beta: the product goes into a scratch block of at most ``g.size`` elements, a block of
+    rows of ``acc`` at a time, and is then added, so the extra memory stays O(chunk x V) (at
+    the cost of reading and writing ``acc`` once more)."""
     n_classes, n_features = acc.shape
     block = max(1, min(n_classes, g.size // max(1, n_features)))
     if not scratch or scratch[0].shape[0] < block:
-        scratch[:] = [np.empty((block, n_features), dtype=acc.dtype)]
+        scratch[:] = [xp.empty((block, n_features), dtype=acc.dtype)]
     for v0 in range(0, n_classes, block):
         v1 = min(v0 + block, n_classes)
         tmp = scratch[0][: v1 - v0]
-        np.matmul(g[:, v0:v1].T, x, out=tmp)
+        xp.matmul(g[:, v0:v1].T, x, out=tmp)
         acc[v0:v1] += tmp
 
 
@@ -291,21 +295,309 @@ class _Products:
         else:
             _accumulate_numpy(acc, g, x, self.scratch)
 
+    @staticmethod
+    def add_column_sums(acc: np.ndarray, g: np.ndarray) -> None:
+        """``acc += g.sum(0)``, summed in float64 (``acc`` is float64)."""
+        acc += g.sum(axis=0, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# where the call runs: host arrays, or GPU arrays with their own library's products
+
+
+class _HostArrays:
+    """NumPy arrays on the host: NumPy buffers, the products on SciPy's BLAS (or NumPy's
+    matmul), the cross-entropy on a CPU backend.  Every other class of this section has the
+    same methods."""
+
+    on_gpu = False
+
+    @staticmethod
+    def floating(value, name: str):
+        """``value`` checked as a float16/bfloat16/float32/float64 array (shape and dtype are
+        checked by the caller)."""
+        if V.is_device_array(value):
+            raise TypeError(
+                f"{name} is a GPU array of a library linear_cross_entropy cannot multiply "
+                f"({type(value).__module__}.{type(value).__name__}); on the GPU it takes "
+                "torch CUDA tensors and CuPy arrays (the products run on their library), on "
+                "the host NumPy arrays")
+        return V.floating(value, name)  # float16 / bfloat16 are multiplied in float32
+
+    @staticmethod
+    def host(value):
+        """A small argument (class indices, class weights, grad_output) as
+        fastloss._validate checks it: on the host."""
+        return value
+
+    @staticmethod
+    def is_probability_target(target, logits_like) -> bool:
+        return V.is_probability_target(target, logits_like)
+
+    @staticmethod
+    def probability_rows(target, logits_like):
+        return V.same_shape(target, logits_like, "target").reshape(-1, logits_like.shape[-1])
+
+    @staticmethod
+    def compute_dtype(dtype):
+        return np.dtype(np.float32) if V.is_half(dtype) else dtype
+
+    @staticmethod
+    def rows(x, dtype):
+        """C-contiguous (N, H) rows (a copy only for other layouts or dtypes)."""
+        return np.ascontiguousarray(x, dtype=dtype).reshape(-1, x.shape[-1])
+
+    @staticmethod
+    def matrix(w, dtype):
+        """The weight in a layout BLAS reads directly."""
+        if w.dtype != dtype:
+            w = w.astype(dtype)
+        return w if (w.flags.c_contiguous or w.flags.f_contiguous) else np.ascontiguousarray(w)
+
+    @staticmethod
+    def vector(b, dtype):
+        return b.astype(dtype, copy=False)
+
+    @staticmethod
+    def empty(shape, dtype, zero: bool = False):
+        return (np.zeros if zero else np.empty)(shape, dtype=dtype)
+
+    @staticmethod
+    def products():
+        return _Products()
+
+    @staticmethod
+    def ce_view(a):
+        """What fastloss's cross-entropy reads in place of ``a``."""
+        return a
+
+    @staticmethod
+    def result(a, dtype, shape=None):
+        """A gradient in the input's dtype (and ``shape``)."""
+        if shape is not None:
+            a = a.reshape(shape)
+        return a.astype(dtype, copy=False)
+
+    @staticmethod
+    def loss(value, dtype):
+        """The float64 loss of :func:`_reduce` rounded once to ``dtype``: NumPy, on the
+        host."""
+        return value.astype(dtype) if value.ndim else dtype.type(value)
+
+
+def _describe(value) -> str:
+    device = getattr(value, "device", None)
+    where = f" on {device}" if device is not None else ""
+    return f"{type(value).__module__}.{type(value).__name__}{where}"
+
+
+class _ModuleArrays(_HostArrays):
+    """GPU arrays of a NumPy-like module (CuPy): buffers and products on that module
+    (``xp.matmul`` with ``out=``; the weight's gradient accumulated through a scratch block,
+    as NumPy's path does), the cross-entropy on fastloss's cuda backend, which reads the
+    arrays in place through ``__cuda_array_interface__``.  The results are arrays of that
+    module.  The tests run this class with NumPy as the module."""
+
+    def __init__(self, xp, on_gpu: bool):
+        self.xp = xp
+        self.on_gpu = on_gpu
+
+    def _check(self, value, name: str):
+        if not isinstance(value, self.xp.ndarray):
+            raise TypeError(f"{name} must be a {self.xp.__name__} array like input, got "
+                            f"{_describe(value)}")
+        return value
+
+    def floating(self, value, name: str):
+        value = self._check(value, name)
+        if value.dtype.kind != "f":
+            raise TypeError(f"{name} must be a floating array (float16, float32 or float64), "
+                            f"got an array of dtype {value.dtype}")
+        return value
+
+    def host(self, value):
+        if isinstance(value, self.xp.ndarray) and self.xp is not np:
+            return self.xp.asnumpy(value)
+        return value
+
+    def is_probability_target(self, target, logits_like) -> bool:
+        return (isinstance(target, self.xp.ndarray) and target.dtype.kind == "f"
+                and tuple(target.shape) == tuple(logits_like.shape))
+
+    def probability_rows(self, target, logits_like):
+        return self.xp.ascontiguousarray(target).reshape(-1, logits_like.shape[-1])
+
+    def rows(self, x, dtype):
+        return self.xp.ascontiguousarray(x.astype(dtype, copy=False)).reshape(-1, x.shape[-1])
+
+    def matrix(self, w, dtype):
+        return w.astype(dtype, copy=False)
+
+    def empty(self, shape, dtype, zero: bool = False):
+        return (self.xp.zeros if zero else self.xp.empty)(shape, dtype=dtype)
+
+    def products(self):
+        return _ModuleProducts(self.xp)
+
+    def loss(self, value, dtype):
+        return self.xp.asarray(value).astype(dtype)
+
+
+class _ModuleProducts:
+    def __init__(self, xp):
+        self.xp = xp
+        self.scratch: list = []
+
+    def logits(self, x, w, bias, out):
+        self.xp.matmul(x, w.T, out=out)
+        if bias is not None:
+            out += bias
+
+    def grad_input(self, g, w, out):
+        self.xp.matmul(g, w, out=out)
+
+    def accumulate(self, acc, g, x):
+        _accumulate_numpy(acc, g, x, self.scratch, self.xp)
+
+    def add_column_sums(self, acc, g):
+        acc += g.sum(axis=0, dtype=np.float64)
+
+
+class _TorchArrays(_HostArrays):
+    """torch tensors on one device (CUDA; CPU ones in the tests): buffers and products on
+    torch (``torch.matmul(out=)``, ``addmm_`` for the weight's gradient: beta = 1, in place),
+    the cross-entropy on fastloss's cuda backend, which reads CUDA tensors in place through
+    ``__cuda_array_interface__`` (on CPU tensors: on a CPU backend, through their NumPy
+    views).  The results are tensors on that device."""
+
+    def __init__(self, like):
+        import torch
+
+        self.torch = torch
+        self.device = like.device
+        self.on_gpu = like.device.type == "cuda"
+
+    def _check(self, value, name: str):
+        if not (isinstance(value, self.torch.Tensor) and value.device == self.device):
+            raise TypeError(f"{name} must be a torch tensor on {self.device} like input, got "
+                            f"{_describe(value)}")
+        return value.detach()
+
+    def floating(self, value, name: str):
+        value = self._check(value, name)
+        if not value.is_floating_point() or value.is_complex():
+            raise TypeError(f"{name} must be a floating array (float16, bfloat16, float32 or "
+                            f"float64), got a tensor of dtype {value.dtype}")
+        return value
+
+    def host(self, value):
+        if isinstance(value, self.torch.Tensor):
+            return value.detach().cpu().numpy()
+        return value
+
+    def is_probability_target(self, target, logits_like) -> bool:
+        return (isinstance(target, self.torch.Tensor) and target.is_floating_point()
+                and tuple(target.shape) == tuple(logits_like.shape))
+
+    def probability_rows(self, target, logits_like):
+        target = self._check(target, "target")
+        return target.reshape(-1, logits_like.shape[-1]).contiguous()
+
+    def compute_dtype(self, dtype):
+        half = dtype in (self.torch.float16, self.torch.bfloat16)
+        return self.torch.float32 if half else dtype
+
+    def rows(self, x, dtype):
+        return x.to(dtype).reshape(-1, x.shape[-1]).contiguous()
+
+    def matrix(self, w, dtype):
+        return w.to(dtype)
+
+    def vector(self, b, dtype):
+        return b.to(dtype)
+
+    def empty(self, shape, dtype, zero: bool = False):
+        if isinstance(dtype, np.dtype):  # the float64 accumulators
+            dtype = self.torch.float64
+        make = self.torch.zeros if zero else self.torch.empty
+        return make(shape, dtype=dtype, device=self.device)
+
+    def products(self):
+        return _TorchProducts(self.torch)
+
+    def ce_view(self, a):
+        return a if self.on_gpu else a.numpy()
+
+    def result(self, a, dtype, shape=None):
+        if shape is not None:
+            a = a.reshape(shape)
+        return a.to(dtype)
+
+    def loss(self, value, dtype):
+        return self.torch.from_numpy(np.asarray(value)).to(device=self.device, dtype=dtype)
+
+
+class _TorchProducts:
+    def __init__(self, torch):
+        self.torch = torch
+
+    def logits(self, x, w, bias, out):
+        if bias is None:
+            self.torch.matmul(x, w.T, out=out)
+        else:
+            self.torch.addmm(bias, x, w.T, out=out)
+
+    def grad_input(self, g, w, out):
+        self.torch.matmul(g, w, out=out)
+
+    @staticmethod
+    def accumulate(acc, g, x):
+        acc.addmm_(g.T, x)
+
+    def add_column_sums(self, acc, g):
+        acc.add_(g.sum(0, dtype=self.torch.float64))
+
+
+# Tests only: run host arrays through the GPU arrays' code (torch CPU tensors on torch's
+# products, NumPy arrays on _ModuleArrays with NumPy as the module), which has no GPU here.
+_LIBRARY_PATH_ON_HOST = False
+
+
+def _arrays_of(input) -> _HostArrays:
+    """Where a call with this ``input`` runs: the host, or ``input``'s GPU library."""
+    module = type(input).__module__.split(".")[0]
+    # a torch tensor is asked first: __cuda_array_interface__ raises for one that requires grad
+    if module == "torch" and getattr(input, "is_cuda", False):
+        return _TorchArrays(input)
+    if V.is_device_array(input):
+        if module == "cupy":
+            import cupy
+
+            return _ModuleArrays(cupy, on_gpu=True)
+        return _HostArrays()  # refuses it, naming the library
+    if _LIBRARY_PATH_ON_HOST:
+        if module == "torch":
+            return _TorchArrays(input)
+        if isinstance(input, np.ndarray):
+            return _ModuleArrays(np, on_gpu=False)
+    return _HostArrays()
+
 
 # --------------------------------------------------------------------------------------------
 # the public functions
 
 
 def _reduce(p: _Problem, loss_rows: np.ndarray):
-    """The batch reduction, in float64 and a fixed order, as fastloss.cross_entropy."""
-    result_type = p.dtype.type
+    """The batch reduction, in float64 and a fixed order, as fastloss.cross_entropy: a
+    float64 array for "none", else a float64 scalar (the caller rounds it once to the
+    result's dtype: :meth:`_HostArrays.loss`)."""
     if p.reduction == "none":
-        return loss_rows.reshape(p.batch_shape).astype(p.dtype)
+        return loss_rows.reshape(p.batch_shape)
     total = float(np.sum(loss_rows, dtype=np.float64))
     if p.reduction == "sum":
-        return result_type(total)
+        return np.float64(total)
     inv_denominator = 1.0 / p.denominator if p.denominator else math.inf
-    return result_type(total * inv_denominator)
+    return np.float64(total * inv_denominator)
 
 
 def _ce_kwargs(p: _Problem) -> dict:
@@ -331,7 +623,10 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     input : array_like, shape (..., H)
         float32 or float64 features (the hidden states); float16 / bfloat16 are multiplied
         in float32 (one float32 copy of the input, weight and bias) and the results rounded
-        to their dtype.
+        to their dtype.  A torch CUDA tensor or a CuPy array runs on the GPU: the products
+        on its library, the cross-entropy on the cuda backend, every result (the loss
+        included) an array of that library; ``linear_weight``, ``linear_bias`` and
+        probability targets must then be arrays of that library on the same device.
     linear_weight : array_like, shape (V, H)
         The projection to the V classes, of the input's dtype.
     target : array_like
@@ -370,14 +665,14 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                  n_threads, want_grad=False, grad_output=None)
     loss_rows = np.zeros(p.n_rows)
     if p.n_rows:
-        buf = np.empty((p.chunk, p.n_classes), dtype=p.compute)
+        buf = p.arrays.empty((p.chunk, p.n_classes), p.compute)
         kwargs = _ce_kwargs(p)
-        products = _Products()
+        products = p.arrays.products()
         for start, stop in p.chunks():
             logits = p.logits_into(products, buf, start, stop)
-            loss_rows[start:stop] = _api.cross_entropy(logits, p.target_rows(start, stop),
-                                                       **kwargs)
-    return _reduce(p, loss_rows)
+            loss_rows[start:stop] = _api.cross_entropy(
+                p.arrays.ce_view(logits), p.target_rows(start, stop), **kwargs)
+    return p.arrays.loss(_reduce(p, loss_rows), p.dtype)
 
 
 def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=None,
@@ -433,10 +728,12 @@ def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=
     p = _Problem(input, linear_weight, target, linear_bias, weight, ignore_index,
                  label_smoothing, reduction, z_loss, softcap, temperature, chunk_size, backend,
                  n_threads, want_grad=True, grad_output=grad_output)
-    dtype = p.compute
-    grad_input = np.empty((p.n_rows, p.n_features), dtype=dtype)
-    grad_w = np.zeros((p.n_classes, p.n_features), dtype=dtype)
-    grad_b = np.zeros(p.n_classes) if p.b is not None else None  # float64 accumulator
+    arrays, dtype = p.arrays, p.compute
+    grad_input = arrays.empty((p.n_rows, p.n_features), dtype)
+    grad_w = arrays.empty((p.n_classes, p.n_features), dtype, zero=True)
+    # a float64 accumulator
+    grad_b = arrays.empty(p.n_classes, np.dtype(np.float64), zero=True) if p.b is not None \
+        else None
     loss_rows = np.zeros(p.n_rows)
 
     if p.n_rows:
@@ -448,22 +745,23 @@ def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=
             inv_denominator = 1.0 / p.denominator if p.denominator else math.inf
             value = float(go) * (inv_denominator if p.reduction == "mean" else 1.0)
             scale = np.full(p.chunk, value)
-        buf = np.empty((p.chunk, p.n_classes), dtype=dtype)
+        buf = arrays.empty((p.chunk, p.n_classes), dtype)
         kwargs = _ce_kwargs(p)
-        products = _Products()
+        products = arrays.products()
         for start, stop in p.chunks():
             rows = stop - start
             g = p.logits_into(products, buf, start, stop)
             row_scale = scale[start:stop] if p.reduction == "none" else scale[:rows]
-            loss, _ = _api.cross_entropy_with_grad(g, p.target_rows(start, stop),
-                                                   grad_output=row_scale, out=g, **kwargs)
+            view = arrays.ce_view(g)
+            loss, _ = _api.cross_entropy_with_grad(view, p.target_rows(start, stop),
+                                                   grad_output=row_scale, out=view, **kwargs)
             loss_rows[start:stop] = loss
             x_rows = p.x[start:stop]
             products.grad_input(g, p.w, grad_input[start:stop])
             products.accumulate(grad_w, g, x_rows)
             if grad_b is not None:
-                grad_b += g.sum(axis=0, dtype=np.float64)
+                products.add_column_sums(grad_b, g)
 
-    return (_reduce(p, loss_rows), grad_input.reshape(p.input_shape).astype(p.dtype, copy=False),
-            grad_w.astype(p.dtype, copy=False),
-            None if grad_b is None else grad_b.astype(p.dtype))
+    return (arrays.loss(_reduce(p, loss_rows), p.dtype),
+            arrays.result(grad_input, p.dtype, p.input_shape), arrays.result(grad_w, p.dtype),
+            None if grad_b is None else arrays.result(grad_b, p.dtype))

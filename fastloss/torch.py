@@ -25,7 +25,8 @@ pass ``torch.library.opcheck``.
   and give their gradient in their own dtype.  CUDA tensors go to fastloss's ``cuda``
   backend through ``__cuda_array_interface__`` (not yet run on a GPU).
 * ``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, ...)``: the
-  fused language-model head (:func:`fastloss.linear_cross_entropy`) with autograd, CPU only.
+  fused language-model head (:func:`fastloss.linear_cross_entropy`) with autograd: CPU
+  tensors on NumPy's BLAS, CUDA tensors on torch's products and fastloss's cuda backend.
 * Gradients flow to the logits only: a target or weight that requires grad is an error;
   double backward (``create_graph=True``) is not supported.
 """
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 import fastloss
-from fastloss import _api, _backends
+from fastloss import _api, _backends, _linear
 from fastloss import _validate as V
 
 __all__ = [
@@ -763,16 +764,25 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
 
 
 def _lce_arrays(input, linear_weight, target, linear_bias):
-    """Host arrays in the compute dtype (float16/bfloat16 upcast to float32) and that dtype."""
-    for name, t in (("input", input), ("linear_weight", linear_weight),
-                    ("linear_bias", linear_bias), ("target", target)):
+    """What :func:`fastloss.linear_cross_entropy` takes.  CUDA tensors as they are: the
+    products run on torch on their device, the cross-entropy on fastloss's cuda backend.
+    CPU tensors as host arrays (NumPy views) in the compute dtype (float16/bfloat16 upcast to
+    float32): the products run on NumPy's BLAS."""
+    if input.is_cuda or _linear._LIBRARY_PATH_ON_HOST:  # the second: tests without a GPU
+        return (input.detach(), linear_weight.detach(),
+                None if linear_bias is None else linear_bias.detach(), target.detach())
+    for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias),
+                    ("target", target)):
         if t is not None and t.is_cuda:
-            raise NotImplementedError(
-                f"fastloss.torch.linear_cross_entropy runs on the CPU (NumPy's BLAS); {name} "
-                "is a CUDA tensor")
+            raise TypeError(f"fastloss.torch.linear_cross_entropy: {name} is a CUDA tensor "
+                            f"but input is on {input.device}; they must be on one device")
     x, w = _compute(input, False), _compute(linear_weight, False)
     b = None if linear_bias is None else _compute(linear_bias, False)
-    return x, w, b, _as(target, x.dtype)
+    return x.numpy(), w.numpy(), None if b is None else b.numpy(), _as(target, x.dtype)
+
+
+def _is_soft(target) -> bool:
+    return target.is_floating_point() if isinstance(target, Tensor) else target.dtype.kind == "f"
 
 
 def _lce_kwargs(weight, ignore_index, label_smoothing, reduction, z_loss, softcap,
@@ -787,8 +797,10 @@ def _placeholder_or(t: Optional[Tensor], like: Tensor) -> Tensor:
     return t if t is not None else like.new_empty(_NO_GRAD)
 
 
-def _as_dtype(a: np.ndarray, like: Tensor) -> Tensor:
-    return torch.from_numpy(a).to(like.dtype)
+def _as_dtype(a, like: Tensor) -> Tensor:
+    """A result (an ndarray, or a tensor from the CUDA path) as a tensor of ``like``'s
+    dtype."""
+    return (a if isinstance(a, Tensor) else torch.from_numpy(a)).to(like.dtype)
 
 
 @torch.library.custom_op("fastloss::linear_cross_entropy", mutates_args=())
@@ -799,19 +811,24 @@ def _linear_ce_op(input: Tensor, linear_weight: Tensor, target: Tensor,
                   n_threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, grad_input, grad_linear_weight, grad_linear_bias) from one chunked pass; the
     gradients (for ``grad_output = 1``) are empty placeholders unless ``want_grad``."""
-    x, w, b, t = _lce_arrays(input, linear_weight, target, linear_bias)
+    x, w, bias, t = _lce_arrays(input, linear_weight, target, linear_bias)
     kw = _lce_kwargs(weight, ignore_index, label_smoothing, reduction, z_loss, softcap,
-                     temperature, chunk_size, backend, n_threads, t.dtype.kind == "f")
-    arrays = (x.numpy(), w.numpy(), t)
-    bias = None if b is None else b.numpy()
+                     temperature, chunk_size, backend, n_threads, _is_soft(t))
+    arrays = (x, w, t)
     if not want_grad:
         loss = fastloss.linear_cross_entropy(*arrays, linear_bias=bias, **kw)
-        return (_loss_tensor(loss, input.dtype, input.device), input.new_empty(_NO_GRAD),
+        return (_lce_loss(loss, input), input.new_empty(_NO_GRAD),
                 input.new_empty(_NO_GRAD), input.new_empty(_NO_GRAD))
     loss, gx, gw, gb = fastloss.linear_cross_entropy_with_grad(*arrays, linear_bias=bias, **kw)
-    return (_loss_tensor(loss, input.dtype, input.device), _as_dtype(gx, input),
+    return (_lce_loss(loss, input), _as_dtype(gx, input),
             _as_dtype(gw, linear_weight),
             input.new_empty(_NO_GRAD) if gb is None else _as_dtype(gb, linear_bias))
+
+
+def _lce_loss(loss, input: Tensor) -> Tensor:
+    if isinstance(loss, Tensor):  # the CUDA path: already on the device, in input's dtype
+        return loss
+    return _loss_tensor(loss, input.dtype, input.device)
 
 
 @torch.library.custom_op("fastloss::linear_cross_entropy_backward", mutates_args=())
@@ -825,11 +842,10 @@ def _linear_ce_backward_op(grad_output: Tensor, input: Tensor, linear_weight: Te
     row before the products, so they are computed here, in a second chunked pass."""
     x, w, b, t = _lce_arrays(input, linear_weight, target, linear_bias)
     kw = _lce_kwargs(weight, ignore_index, label_smoothing, "none", z_loss, softcap,
-                     temperature, chunk_size, backend, n_threads, t.dtype.kind == "f")
+                     temperature, chunk_size, backend, n_threads, _is_soft(t))
     go = grad_output.detach().to("cpu", torch.float64).contiguous().numpy()
-    _, gx, gw, gb = fastloss.linear_cross_entropy_with_grad(
-        x.numpy(), w.numpy(), t, linear_bias=None if b is None else b.numpy(),
-        grad_output=go, **kw)
+    _, gx, gw, gb = fastloss.linear_cross_entropy_with_grad(x, w, t, linear_bias=b,
+                                                            grad_output=go, **kw)
     return (_as_dtype(gx, input), _as_dtype(gw, linear_weight),
             input.new_empty(_NO_GRAD) if gb is None else _as_dtype(gb, linear_bias))
 

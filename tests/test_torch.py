@@ -711,11 +711,22 @@ LCE_OPTIONS = {
 }
 
 
+@pytest.fixture(params=["host", "cuda-path"])
+def lce_path(request, monkeypatch):
+    """host: CPU tensors as NumPy arrays (NumPy's BLAS).  cuda-path: the code CUDA tensors
+    take (the products on torch, the results tensors), run on CPU tensors."""
+    if request.param == "cuda-path":
+        from fastloss import _linear
+
+        monkeypatch.setattr(_linear, "_LIBRARY_PATH_ON_HOST", True)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("case", LCE_OPTIONS)
-def test_linear_cross_entropy_matches_unfused(case, bias, reduction, dtype, gen):
+def test_linear_cross_entropy_matches_unfused(case, bias, reduction, dtype, gen, lce_path):
     """Against the adapter's own cross_entropy on ``x @ W.T + b`` (itself checked against
     torch above), autograd through the product: values and all three gradients."""
     x, w, b, y = _lce_inputs(gen, bias=bias)
@@ -761,7 +772,7 @@ def test_linear_cross_entropy_soft_targets_and_batch_shape(gen):
     _close(wa.grad, wb.grad, torch.float64)
 
 
-def test_linear_cross_entropy_gradcheck_and_opcheck(gen):
+def test_linear_cross_entropy_gradcheck_and_opcheck(gen, lce_path):
     x, w, b, y = _lce_inputs(gen, n=5, h=3, v=4)
     for reduction in REDUCTIONS:
         def fn(x_, w_, b_, reduction=reduction):
@@ -778,7 +789,7 @@ def test_linear_cross_entropy_gradcheck_and_opcheck(gen):
                            0.0, 0.0, 1.0, 2, "auto", 0))
 
 
-def test_linear_cross_entropy_compiled_matches_eager(gen):
+def test_linear_cross_entropy_compiled_matches_eager(gen, lce_path):
     x, w, b, y = _lce_inputs(gen, dtype=torch.float32)
 
     def step(x_, w_, b_):
