@@ -602,7 +602,9 @@ class _CommonCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, reduction, n_threads):
         x = logits.detach().numpy()
-        grad = _SPARE.take(x.shape, x.dtype)
+        # (the kept buffer only serves gradients of at least MIN_BYTES: skip asking it)
+        grad = (np.empty(x.shape, x.dtype) if x.nbytes < _SpareGradient.MIN_BYTES
+                else _SPARE.take(x.shape, x.dtype))
         loss = _api._fast_cross_entropy_run(x, target.numpy(), reduction, n_threads, grad)
         if loss is None:
             raise _NotCommon
@@ -613,7 +615,17 @@ class _CommonCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _saved_scaled(ctx, grad_loss), None, None, None
+        # _saved_scaled's steps for what the forward guarantees (a CPU gradient, computed,
+        # in plain eager mode): a double backward is refused, grad_output 1 skips the product
+        if grad_loss is None:
+            return None, None, None, None
+        if torch.is_grad_enabled():
+            _check_backward(ctx.saved_tensors[0])  # raises
+        (grad,) = ctx.saved_tensors
+        if type(grad_loss) is torch.Tensor and grad_loss.ndim == 0 and grad_loss.item() == 1.0:
+            return grad, None, None, None
+        return (grad * (grad_loss.unsqueeze(-1) if ctx.broadcast_rows else grad_loss),
+                None, None, None)
 
 
 def _direct_apply(function: type):
