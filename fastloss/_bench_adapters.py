@@ -1,4 +1,4 @@
-"""Timings of the PyTorch and JAX adapters at one shape (cross-entropy, class indices).
+"""Timings of the PyTorch and JAX adapters (cross-entropy, class indices).
 
 ``python -m fastloss._bench_adapters 2048 32768 [n_threads]`` or ``run((2048, 32768), 2)``.
 Every figure is the best of 5 interleaved repetitions after a warm-up, in ms; the
@@ -143,11 +143,11 @@ def run(shape=(2048, 32768), n_threads: int | None = None, repeat: int = 5) -> d
     return results
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    n, c = (int(argv[0]), int(argv[1])) if len(argv) >= 2 else (2048, 32768)
-    n_threads = int(argv[2]) if len(argv) >= 3 else None
-    r = run((n, c), n_threads)
+DEFAULT_SHAPES = ((2048, 32768), (512, 128256))
+
+
+def report(shape, r: dict) -> None:
+    n, c = shape
     print(f"cross-entropy, float32 logits ({n}, {c}), forward + backward, best of 5:")
     for key, value in r.items():
         print(f"  {key:28s} {value if isinstance(value, str) else round(value, 2)}")
@@ -160,6 +160,29 @@ def main(argv=None) -> int:
           f"fastloss.jax / optax {r['overhead_jax_fastloss_us'] / r['overhead_jax_optax_us']:.2f}x")
     print(f"  optax / fastloss.jax (reduced)  "
           f"{r['jax_optax_ms'] / r['jax_fastloss_reduced_ms']:.2f}x")
+
+
+def bench(shapes=DEFAULT_SHAPES, n_threads: int | None = None,
+          json_path: str | None = None) -> list:
+    """:func:`run` and :func:`report` at each shape; every figure to ``json_path`` too."""
+    results = []
+    for shape in shapes:
+        r = run(tuple(shape), n_threads)
+        report(shape, r)
+        results.append({"shape": list(shape), "threads": n_threads, **r})
+    if json_path:
+        import json
+
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    shape = (int(argv[0]), int(argv[1])) if len(argv) >= 2 else DEFAULT_SHAPES[0]
+    n_threads = int(argv[2]) if len(argv) >= 3 else None
+    bench((shape,), n_threads)
     return 0
 
 

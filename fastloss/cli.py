@@ -52,9 +52,9 @@ def cmd_bench(args) -> int:
     if args.workload == "adapters":  # fastloss.torch / fastloss.jax against their peers
         from . import _bench_adapters
 
-        shape = (_bench.parse_shapes(args.shapes) or [(2048, 32768)])[0]
-        return _bench_adapters.main([str(shape[0]), str(shape[1])]
-                                    + ([str(args.threads)] if args.threads else []))
+        _bench_adapters.bench(_bench.parse_shapes(args.shapes) or _bench_adapters.DEFAULT_SHAPES,
+                              args.threads, args.json)
+        return 0
     return _bench.main(args)
 
 

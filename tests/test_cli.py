@@ -89,6 +89,18 @@ def test_bench_linear_workload():
     assert "fastloss" in out and "WRONG" not in out
 
 
+def test_bench_adapters_workload_times_every_shape(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    path = tmp_path / "adapters.json"
+    out = run_cli("bench", "--workload", "adapters", "--shapes", "64x10,32x7", "--threads", "1",
+                  "--json", str(path))
+    assert "(64, 10)" in out and "(32, 7)" in out
+    rows = json.loads(path.read_text())
+    assert [r["shape"] for r in rows] == [[64, 10], [32, 7]]
+    assert all(r["torch_adapter_ms"] > 0 and r["jax_optax_ms"] > 0 for r in rows)
+
+
 def test_demo_trains_and_writes_the_figure(tmp_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
