@@ -237,3 +237,19 @@ def test_linear_cross_entropy_library_path_on_the_cuda_backend(library, reductio
     assert type(got[1]) is type(convert(x))
     for g, e in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("n_classes", [7, 300])
+def test_gradient_in_place_over_device_logits(n_classes):
+    """out= the device logits themselves (what linear_cross_entropy's GPU path does with its
+    chunk buffer): the same loss and gradient as the numpy backend."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((6, n_classes)) * 3).astype(np.float32)
+    t = rng.integers(0, n_classes, 6)
+    t[1] = -100
+    kw = dict(reduction="none", label_smoothing=0.1, grad_output=np.linspace(0.5, 2.0, 6))
+    want = fl.cross_entropy_with_grad(x, t, backend="numpy", **kw)
+    d = cuda.to_device(x)
+    loss, grad = fl.cross_entropy_with_grad(d, t, out=d, **kw)
+    assert_close(loss, want[0], np.float32)
+    assert_close(d.copy_to_host(), want[1], np.float32)
