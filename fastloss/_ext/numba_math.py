@@ -535,12 +535,18 @@ def store_exp(row, m, out):
     accumulated in the row's dtype (see :func:`sum_exp`) and returned as float64.
 
     ``out`` must not overlap ``row``: for ``out=logits`` use :func:`store_exp_in_place`.
+    The sum is a loop of its own over ``out``.  In one loop with the stores, LLVM guards the
+    vector loop with a check that ``out`` does not start less than a vector span after
+    ``row`` -- true of distinct arrays that merely lie close together in memory, as small
+    ones often do -- and sends such calls to the scalar loop, whose sum rounds differently:
+    the result depended on where the arrays were allocated.  The stores alone round the same
+    either way; the sum reads one array, so it has no such check.
     """
+    for j in range(row.shape[0]):
+        out[j] = vexp(row[j] - m)
     b = like(0.0, row)
     for j in range(row.shape[0]):
-        e = vexp(row[j] - m)
-        out[j] = e
-        b += e
+        b += out[j]
     return np.float64(b)
 
 
