@@ -180,9 +180,9 @@ class _Problem:
         self.n_rows = self.x.shape[0]
         self.n_classes = n_classes
         self.n_features = n_features
-        # float32 or float64, named alike by NumPy and torch ("torch.float32")
-        compute_name = str(self.compute).rsplit(".", 1)[-1]
-        self.chunk = _chunk_size(chunk_size, self.n_rows, n_classes, np.dtype(compute_name))
+        # (NumPy's float32 / float64 of the same size for a torch dtype)
+        self.chunk = _chunk_size(chunk_size, self.n_rows, n_classes,
+                                 np.dtype(f"f{self.compute.itemsize}"))
 
         # the mean's denominator, as fastloss.cross_entropy: PyTorch's rule, over the batch
         if self.soft:
@@ -264,10 +264,12 @@ def _accumulate_numpy(acc, g, x, scratch: list, xp=np) -> None:
 class _Products:
     """The three products of one chunk, all on one BLAS: SciPy's when it is importable (one
     thread pool busy at a time; two OpenBLAS pools taking turns spin against each other), else
-    NumPy's matmul."""
+    NumPy's matmul -- or the matmul of another NumPy-like module ``xp`` (CuPy), whose arrays
+    they then are."""
 
-    def __init__(self):
-        self.scipy = USE_SCIPY_BLAS is not False and _scipy_blas() is not None
+    def __init__(self, xp=np):
+        self.xp = xp
+        self.scipy = xp is np and USE_SCIPY_BLAS is not False and _scipy_blas() is not None
         self.scratch: list = []
 
     def logits(self, x, w, bias, out):
@@ -277,7 +279,7 @@ class _Products:
                 out[...] = bias
             _gemm(x, w.T, out, 0.0 if bias is None else 1.0)
         else:
-            np.matmul(x, w.T, out=out)
+            self.xp.matmul(x, w.T, out=out)
             if bias is not None:
                 out += bias
 
@@ -286,14 +288,14 @@ class _Products:
         if self.scipy:
             _gemm(g, w, out, 0.0)
         else:
-            np.matmul(g, w, out=out)
+            self.xp.matmul(g, w, out=out)
 
     def accumulate(self, acc, g, x):
         """``acc += g.T @ x``, in place."""
         if self.scipy:
             _gemm(g.T, x, acc, 1.0)
         else:
-            _accumulate_numpy(acc, g, x, self.scratch)
+            _accumulate_numpy(acc, g, x, self.scratch, self.xp)
 
     @staticmethod
     def add_column_sums(acc: np.ndarray, g: np.ndarray) -> None:
@@ -362,6 +364,10 @@ class _HostArrays:
     def empty(shape, dtype, zero: bool = False):
         return (np.zeros if zero else np.empty)(shape, dtype=dtype)
 
+    def accumulator(self, n: int):
+        """float64 zeros (the bias gradient's sums), on the arrays' device."""
+        return self.empty(n, np.dtype(np.float64), zero=True)
+
     @staticmethod
     def products():
         return _Products()
@@ -393,8 +399,7 @@ def _describe(value) -> str:
 
 class _ModuleArrays(_HostArrays):
     """GPU arrays of a NumPy-like module (CuPy): buffers and products on that module
-    (``xp.matmul`` with ``out=``; the weight's gradient accumulated through a scratch block,
-    as NumPy's path does), the cross-entropy on fastloss's cuda backend, which reads the
+    (:class:`_Products` on its matmul, as NumPy's path without SciPy), the cross-entropy on fastloss's cuda backend, which reads the
     arrays in place through ``__cuda_array_interface__``.  The results are arrays of that
     module.  The tests run this class with NumPy as the module."""
 
@@ -437,30 +442,10 @@ class _ModuleArrays(_HostArrays):
         return (self.xp.zeros if zero else self.xp.empty)(shape, dtype=dtype)
 
     def products(self):
-        return _ModuleProducts(self.xp)
+        return _Products(self.xp)
 
     def loss(self, value, dtype):
         return self.xp.asarray(value).astype(dtype)
-
-
-class _ModuleProducts:
-    def __init__(self, xp):
-        self.xp = xp
-        self.scratch: list = []
-
-    def logits(self, x, w, bias, out):
-        self.xp.matmul(x, w.T, out=out)
-        if bias is not None:
-            out += bias
-
-    def grad_input(self, g, w, out):
-        self.xp.matmul(g, w, out=out)
-
-    def accumulate(self, acc, g, x):
-        _accumulate_numpy(acc, g, x, self.scratch, self.xp)
-
-    def add_column_sums(self, acc, g):
-        acc += g.sum(axis=0, dtype=np.float64)
 
 
 class _TorchArrays(_HostArrays):
@@ -517,10 +502,11 @@ class _TorchArrays(_HostArrays):
         return b.to(dtype)
 
     def empty(self, shape, dtype, zero: bool = False):
-        if isinstance(dtype, np.dtype):  # the float64 accumulators
-            dtype = self.torch.float64
         make = self.torch.zeros if zero else self.torch.empty
         return make(shape, dtype=dtype, device=self.device)
+
+    def accumulator(self, n: int):
+        return self.empty(n, self.torch.float64, zero=True)
 
     def products(self):
         return _TorchProducts(self.torch)
@@ -731,9 +717,7 @@ def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=
     arrays, dtype = p.arrays, p.compute
     grad_input = arrays.empty((p.n_rows, p.n_features), dtype)
     grad_w = arrays.empty((p.n_classes, p.n_features), dtype, zero=True)
-    # a float64 accumulator
-    grad_b = arrays.empty(p.n_classes, np.dtype(np.float64), zero=True) if p.b is not None \
-        else None
+    grad_b = arrays.accumulator(p.n_classes) if p.b is not None else None
     loss_rows = np.zeros(p.n_rows)
 
     if p.n_rows:
