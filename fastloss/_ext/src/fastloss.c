@@ -276,9 +276,9 @@ FL_INLINE void fl_stream_fence(void) {}
    and the gradient + Hessian at 781 x 512 and 400 x 1000).  The short-row path (rows of up
    to FL_SHORT_C classes, FL_SHORT_R at a time through a transposed tile, kernels.inc: the
    cross-entropy with class indices, its gradient + Hessian, softmax MSE, entropy, KL) takes
-   it too: a float tile is then one 16-lane vector per class and its transposes are gather
-   instructions (the fused cross-entropy at 4096 x 10, one thread: 1.39 against 1.95 ns per
-   element); the chunk functions' *_args pick it by the same predicate as the path
+   it too: a float tile is then one 16-lane vector per class and its transposes are
+   in-register 16 x 16 transposes (kernels.inc); the chunk functions' *_args pick it by the
+   same predicate as the path
    (ce_takes_tile, gh_takes_tile, fop_takes_tile, kl_takes_tile).  Short rows that go one
    at a time (cross-entropy with options the tile does not take) stay on 256-bit vectors
    (2x slower in 512-bit ones), as do rows in between, where neither width wins clearly.
