@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.skipif(not _backends.available("cython"),
                                 reason="the cython backend is not built")
 
 C = 4100  # four blocks and a partial one; rows at every 16-byte offset
-ROWS = {np.float32: 1040, np.float64: 520}  # just over 16 MiB of gradient
+BF16 = np.dtype(ml_dtypes.bfloat16).type
+ROWS = {np.float32: 1040, np.float64: 520,  # just over 16 MiB of gradient
+        BF16: 2050, np.float16: 2050}
 
 
 def _logits(dtype, seed):
@@ -43,9 +46,9 @@ def _logits(dtype, seed):
 
 
 def _probs(rng, x):
-    t = rng.random(x.shape).astype(x.dtype)
+    t = rng.random(x.shape)
     t[10, :2000] = 0.0
-    return t / t.sum(axis=1, keepdims=True)
+    return (t / t.sum(axis=1, keepdims=True)).astype(x.dtype)
 
 
 def _cases(rng, x):
@@ -54,7 +57,7 @@ def _cases(rng, x):
     y[::7] = -100
     y[7], y[8] = 5, 4099
     t = _probs(rng, x)
-    log_t = np.log(t)
+    log_t = np.log(t.astype(np.float32)).astype(x.dtype)
     go = rng.uniform(0.5, 2.0, n)
     w = rng.uniform(0.5, 2.0, C)
     return [
@@ -104,13 +107,17 @@ def _results(dtype, n_threads, where):
 def _assert_same(got, expected):
     assert len(got) == len(expected)
     for (name, loss, grad), (_, loss_ip, grad_ip) in zip(got, expected):
-        np.testing.assert_array_equal(loss, loss_ip, err_msg=name)
+        # as float64: assert_array_equal does not match bfloat16 NaNs
+        np.testing.assert_array_equal(np.asarray(loss, np.float64),
+                                      np.asarray(loss_ip, np.float64), err_msg=name)
         assert grad.tobytes() == grad_ip.tobytes(), name
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, BF16, np.float16])
 def test_streamed_gradient_is_the_in_place_gradient(dtype, n_threads):
+    """16-bit logits: every loss's gradient is rounded to 16 bits in one last pass over
+    each piece, which streams (fl_half_store) for a large out that is not the logits."""
     expected = _results(dtype, n_threads, "in_place")
     _assert_same(_results(dtype, n_threads, "out"), expected)
     _assert_same(_results(dtype, n_threads, "off_grid"), expected)
