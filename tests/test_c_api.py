@@ -140,7 +140,7 @@ def test_cython_backend_declares_exactly_the_private_header():
     rows = parse_header(os.path.join(EXT, "src", "rows.h"))["functions"]
     del rows["fl_parallel_rows"]  # threads.c's, not the backend's
     pyx = parse_cython_extern(os.path.join(EXT, "_cython.pyx"), "rows.h")["functions"]
-    assert pyx == rows and len(rows) == 27
+    assert pyx == rows and len(rows) == 29
 
 
 # ------------------------------------------------------------------ ctypes: the library

@@ -1,5 +1,6 @@
 """16-bit logits (bfloat16, float16) read natively by the C kernels: the conversions, the
-accuracy against the float64 reference on the same 16-bit values, and special values."""
+accuracy against the float64 reference on the same 16-bit values, special values, and the
+elementwise losses (their own tiles) against the float32 kernels."""
 
 from __future__ import annotations
 
@@ -70,6 +71,14 @@ CASES = {
     "softmax_mse": lambda x, rng: (fl.softmax_mse_with_grad,
                                    rng.integers(0, x.shape[-1], x.shape[:-1]), {}),
     "entropy": lambda x, rng: (fl.entropy_with_grad, None, {}),
+    "binary_cross_entropy": lambda x, rng: (fl.binary_cross_entropy_with_logits_with_grad,
+                                            rng.random(x.shape), {}),
+    "binary_cross_entropy[weight,pos_weight]": lambda x, rng: (
+        fl.binary_cross_entropy_with_logits_with_grad, rng.random(x.shape),
+        {"weight": rng.random(x.shape[-1]), "pos_weight": rng.random(x.shape[-1]) + 0.5}),
+    # a target near x, so that float16's sum stays finite
+    "mse": lambda x, rng: (fl.mse_loss_with_grad,
+                           x.astype(np.float64) + rng.standard_normal(x.shape) / 2, {}),
 }
 
 
@@ -117,8 +126,11 @@ def test_special_values_match_the_float32_kernels(half):
     ])
     x = np.tile(rows, (3000, 1)).astype(half)  # several threads' worth of rows
     y = np.tile([1, 2, 3, 0, 1, 0, 1], 3000)
+    t = np.random.default_rng(3).random(x.shape).astype(np.float32)
     for fn, args in [(fl.cross_entropy_with_grad, (y,)), (fl.entropy_with_grad, ()),
-                     (fl.softmax_mse_with_grad, (y,))]:
+                     (fl.softmax_mse_with_grad, (y,)),
+                     (fl.binary_cross_entropy_with_logits_with_grad, (t,)),
+                     (fl.mse_loss_with_grad, (t,))]:
         with np.errstate(invalid="ignore", over="ignore"):
             loss, grad = fn(x, *args, reduction="none", backend="cython")
             loss32, grad32 = fn(x.astype(np.float32), *args, reduction="none",
@@ -167,4 +179,44 @@ def test_the_c_backend_reads_16_bit_logits_in_place(monkeypatch):
     seen.clear()
     fl.kl_divergence_with_grad(x, np.full((4, 5), 0.2, np.float16), backend="cython")
     assert seen == [np.dtype(np.float32), bf16]
+    # BCE's and MSE's targets likewise
+    for fn in ELEMENTWISE:
+        seen.clear()
+        fn(x, np.full((4, 5), 0.2, bf16), backend="cython")
+        assert seen == [bf16, bf16]
+        seen.clear()
+        fn(x, np.full((4, 5), 0.2), backend="cython")
+        assert seen == [np.dtype(np.float32), bf16]
 
+
+
+ELEMENTWISE = [fl.binary_cross_entropy_with_logits_with_grad, fl.mse_loss_with_grad]
+
+
+@pytest.mark.parametrize("half", HALVES, ids=str)
+@pytest.mark.parametrize("fn", ELEMENTWISE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("shape", [(3001, 10), (40, 1500), (3, 40000), (7,)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_16_bit_elementwise_losses_equal_the_float32_kernels(half, fn, shape, reduction):
+    """BCE and MSE read 16-bit logits and targets in whole tiles of the float kernels (short
+    rows many to a tile, long rows in pieces), over both threads: the float32 kernels' results
+    on the same values, rounded, bit for bit, with per-element weights and a grad_output."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 4).astype(half)
+    kwargs = {}
+    if fn is fl.binary_cross_entropy_with_logits_with_grad:
+        kwargs = {"weight": rng.random(shape), "pos_weight": rng.random(shape[-1]) + 0.5}
+    grad_output = rng.standard_normal(shape) if reduction == "none" else None
+    for t in (rng.random(shape).astype(half), rng.random(shape).astype(np.float32)):
+        loss, grad = fn(x, t, **kwargs, reduction=reduction, grad_output=grad_output,
+                        backend="cython", n_threads=2)
+        loss32, grad32 = fn(x.astype(np.float32), t.astype(np.float32), **kwargs,
+                            reduction=reduction, grad_output=grad_output, backend="cython",
+                            n_threads=2)
+        assert grad.dtype == half
+        assert _same_bits(grad, grad32.astype(half)).all()
+        assert _same_bits(np.asarray(loss), np.asarray(loss32).astype(half)).all()
+        out = np.zeros_like(x)
+        assert fn(x, t, **kwargs, reduction=reduction, grad_output=grad_output, out=out,
+                  backend="cython")[1] is out
+        assert _same_bits(out, grad).all()

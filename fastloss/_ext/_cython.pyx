@@ -123,6 +123,15 @@ cdef extern from "rows.h" nogil:
     int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                             const double *row_scale, double *loss, uint16_t *grad,
                             int n_threads)
+    int fl_bce_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                        int target_format, const void *target, const double *weight,
+                        int64_t weight_rs, int64_t weight_cs, const double *pos_weight,
+                        const double *scale, int64_t scale_rs, int64_t scale_cs,
+                        double *loss, int row_sums, uint16_t *grad, int n_threads)
+    int fl_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                        int target_format, const void *target, const double *scale,
+                        int64_t scale_rs, int64_t scale_cs, double *loss, int row_sums,
+                        uint16_t *grad, int n_threads)
     void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst)
     void fl_float_to_half(int64_t n, int format, const float *src, uint16_t *dst)
     int fl_wide_vectors()
@@ -135,7 +144,8 @@ ACCEPTS_DEVICE_ARRAYS = False
 
 # The kernels that read 16-bit logits (bfloat16, float16) in place and write a 16-bit
 # gradient (src/fastloss.c); the driver gives the others float32 rows.
-NATIVE_HALF = frozenset({"cross_entropy", "kl_divergence", "softmax_mse", "entropy"})
+NATIVE_HALF = frozenset({"cross_entropy", "kl_divergence", "softmax_mse", "entropy",
+                         "binary_cross_entropy", "mse"})
 
 
 cdef int _half_format(dtype):
@@ -161,7 +171,8 @@ cdef inline const uint16_t *_bits_in(x) except? NULL:
 
 
 cdef inline const void *_probs(t, int *fmt) except? NULL:
-    """A (N, C) probability target: float32, or 16-bit (its format into fmt)."""
+    """A (N, C) float target (probabilities, BCE's and MSE's): float32, or 16-bit (its
+    format into fmt)."""
     cdef const float[:, ::1] f
     fmt[0] = _half_format(t.dtype)
     if fmt[0]:
@@ -370,11 +381,37 @@ cdef int _binary_cross_entropy(const real[:, ::1] x, const real[:, ::1] target,
     return _check(status)
 
 
+cdef int _binary_cross_entropy_h16(int fmt, x, target, const double[:, :] weight,
+                                   const double[::1] pos_weight, const double[:, :] scale,
+                                   double[::1] loss, bint row_sums, grad,
+                                   int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef const uint16_t *xp = _bits_in(x)
+    cdef uint16_t *g = _bits(grad)
+    cdef int tfmt = 0
+    cdef const void *tp = _probs(target, &tfmt)
+    cdef const double *w = _opt2(weight)
+    cdef const double *pw = _opt(pos_weight)
+    cdef const double *sc = _opt2(scale)
+    cdef int64_t w_rs = _stride(weight, 0), w_cs = _stride(weight, 1)
+    cdef int64_t s_rs = _stride(scale, 0), s_cs = _stride(scale, 1)
+    cdef double *lo = _out(loss)
+    cdef int status
+    with nogil:
+        status = fl_bce_rows_h16(n, c, fmt, xp, tfmt, tp, w, w_rs, w_cs, pw, sc, s_rs, s_cs,
+                                 lo, row_sums, g, n_threads)
+    return _check(status)
+
+
 def binary_cross_entropy(x, target, weight, pos_weight, scale, loss, grad, n_threads):
     """Elementwise BCE with logits; ``loss`` is (N, C) per element or (N,) row sums."""
     row_sums = loss is not None and loss.ndim == 1
     flat = None if loss is None else loss.reshape(-1)
-    if x.dtype == np.float32:
+    cdef int fmt = _half_format(x.dtype)
+    if fmt:
+        _binary_cross_entropy_h16(fmt, x, target, weight, pos_weight, scale, flat, row_sums,
+                                  grad, n_threads)
+    elif x.dtype == np.float32:
         _binary_cross_entropy[float](x, target, weight, pos_weight, scale, flat, row_sums,
                                      grad, n_threads)
     else:
@@ -633,11 +670,31 @@ cdef int _mse(const real[:, ::1] x, const real[:, ::1] target, const double[:, :
     return _check(status)
 
 
+cdef int _mse_h16(int fmt, x, target, const double[:, :] scale, double[::1] loss,
+                  bint row_sums, grad, int n_threads) except -1:
+    cdef int64_t n = x.shape[0], c = x.shape[1]
+    cdef const uint16_t *xp = _bits_in(x)
+    cdef uint16_t *g = _bits(grad)
+    cdef int tfmt = 0
+    cdef const void *tp = _probs(target, &tfmt)
+    cdef const double *sc = _opt2(scale)
+    cdef int64_t s_rs = _stride(scale, 0), s_cs = _stride(scale, 1)
+    cdef double *lo = _out(loss)
+    cdef int status
+    with nogil:
+        status = fl_mse_rows_h16(n, c, fmt, xp, tfmt, tp, sc, s_rs, s_cs, lo, row_sums, g,
+                                 n_threads)
+    return _check(status)
+
+
 def mse(x, target, scale, loss, grad, n_threads):
     """Elementwise squared error; ``loss`` is (N, C) per element or (N,) row sums."""
     row_sums = loss is not None and loss.ndim == 1
     flat = None if loss is None else loss.reshape(-1)
-    if x.dtype == np.float32:
+    cdef int fmt = _half_format(x.dtype)
+    if fmt:
+        _mse_h16(fmt, x, target, scale, flat, row_sums, grad, n_threads)
+    elif x.dtype == np.float32:
         _mse[float](x, target, scale, flat, row_sums, grad, n_threads)
     else:
         _mse[double](x, target, scale, flat, row_sums, grad, n_threads)

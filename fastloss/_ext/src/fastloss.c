@@ -551,17 +551,22 @@ FL_INLINE void fl_half_store(uint16_t *dst, const float *src, int64_t n, int for
     fl_half_round(dst, src, n, format);
 }
 
-/* A 16-bit call: the float chunk function, its arguments (linear_args_f32 or fop_args_f32,
-   whose x and grad are replaced by the buffer), and the 16-bit arrays. */
+/* What a 16-bit call's float arguments are: whole rows of a linear_args_f32 or a
+   fop_args_f32, or the tiles of an elementwise_args_f32 (BCE, MSE). */
+enum { FL_HALF_LINEAR, FL_HALF_FOP, FL_HALF_ELEMENTWISE };
+
+/* A 16-bit call: the float chunk function, its arguments (x and grad replaced by the
+   buffer), and the 16-bit arrays. */
 typedef struct {
     fl_chunk_fn chunk;
-    int linear; /* args is a linear_args_f32 (else a fop_args_f32) */
+    int kind;         /* FL_HALF_LINEAR, FL_HALF_FOP or FL_HALF_ELEMENTWISE */
     const void *args;
-    int64_t c;
+    int64_t n, c;
+    int64_t unit;     /* rows per unit of the chunk's range: a tile's (elementwise), else 1 */
     int format;
     const uint16_t *x;
     uint16_t *grad;
-    const uint16_t *target; /* a 16-bit probability target (format target_format), or NULL */
+    const uint16_t *target; /* a 16-bit target (format target_format), or NULL */
     int target_format;
     int stream; /* the gradient is written with streaming stores (fl_streams) */
 } fl_half_job;
@@ -577,34 +582,54 @@ typedef struct {
         if (tbuf) (a).target_prob = (tbuf);                             \
         else if ((a).target_prob) (a).target_prob += (lo) * (a).c;     \
         if ((a).row_scale) (a).row_scale += (lo);                       \
-        if ((a).loss) (a).loss += (lo);                                 \
+        if ((a).loss) (a).loss += (lo);                                \
     } while (0)
+
+/* The float chunk over r rows from row start, converted into buf (and tbuf). */
+static int fl_half_piece(const fl_half_job *job, int64_t start, int64_t r, float *buf,
+                         float *tbuf) {
+    const int with_grad = job->grad != NULL;
+    if (job->kind == FL_HALF_LINEAR) {
+        linear_args_f32 a = *(const linear_args_f32 *)job->args;
+        FL_HALF_SHIFT(a, start, buf, tbuf, with_grad);
+        if (a.lse) a.lse += start;
+        return job->chunk(&a, 0, r);
+    }
+    if (job->kind == FL_HALF_FOP) {
+        fop_args_f32 a = *(const fop_args_f32 *)job->args;
+        FL_HALF_SHIFT(a, start, buf, tbuf, with_grad);
+        return job->chunk(&a, 0, r);
+    }
+    /* elementwise: start and r are whole tiles (but the last), so the tiles, and every
+       element and row sum in them, are the float call's */
+    elementwise_args_f32 a = *(const elementwise_args_f32 *)job->args;
+    a.n_rows = r;
+    a.x = buf;
+    a.grad = with_grad ? buf : NULL;
+    a.target = tbuf ? tbuf : a.target + start * a.c;
+    if (a.weight) a.weight += start * a.w_rs;
+    if (a.scale) a.scale += start * a.s_rs;
+    if (a.loss) a.loss += start * (a.row_sums ? 1 : a.c);
+    return job->chunk(&a, 0, (r + job->unit - 1) / job->unit);
+}
 
 FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
     const fl_half_job *job = (const fl_half_job *)job_;
-    const int64_t c = job->c;
-    int64_t rows = FL_HALF_FLOATS / c;
-    if (rows < 1) rows = 1;
-    if (rows > hi - lo) rows = hi - lo;
+    const int64_t c = job->c, unit = job->unit;
+    const int64_t first = lo * unit, last = hi * unit < job->n ? hi * unit : job->n;
+    int64_t rows = FL_HALF_FLOATS / c / unit * unit; /* whole units */
+    if (rows < unit) rows = unit;
+    if (rows > last - first) rows = last - first;
     const int64_t size = rows * c;
     float *buf = (float *)malloc((size_t)(job->target ? 2 * size : size) * sizeof(float));
     if (!buf) return FASTLOSS_E_MEMORY;
     float *tbuf = job->target ? buf + size : NULL;
     int status = FASTLOSS_OK;
-    for (int64_t start = lo; start < hi && status == FASTLOSS_OK; start += rows) {
-        const int64_t r = hi - start < rows ? hi - start : rows;
+    for (int64_t start = first; start < last && status == FASTLOSS_OK; start += rows) {
+        const int64_t r = last - start < rows ? last - start : rows;
         fl_half_load(buf, job->x + start * c, r * c, job->format);
         if (tbuf) fl_half_load(tbuf, job->target + start * c, r * c, job->target_format);
-        if (job->linear) {
-            linear_args_f32 a = *(const linear_args_f32 *)job->args;
-            FL_HALF_SHIFT(a, start, buf, tbuf, job->grad != NULL);
-            if (a.lse) a.lse += start;
-            status = job->chunk(&a, 0, r);
-        } else {
-            fop_args_f32 a = *(const fop_args_f32 *)job->args;
-            FL_HALF_SHIFT(a, start, buf, tbuf, job->grad != NULL);
-            status = job->chunk(&a, 0, r);
-        }
+        status = fl_half_piece(job, start, r, buf, tbuf);
         if (job->grad)
             fl_half_store(job->grad + start * c, buf, r * c, job->format, job->stream);
     }
@@ -613,16 +638,18 @@ FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
     return status;
 }
 
-/* target_format 0: the target (if any) is float, already in args; else a 16-bit target. */
+/* target_format 0: the target (if any) is float, already in args; else a 16-bit target.
+   The threads split rows, or the elementwise kinds' tiles (as elementwise_parallel). */
 static int fl_half_run(int64_t n, int64_t c, int format, const uint16_t *x, uint16_t *grad,
-                       int target_format, const void *target, fl_chunk_fn chunk, int linear,
+                       int target_format, const void *target, fl_chunk_fn chunk, int kind,
                        const void *args, int n_threads) {
-    const fl_half_job job = {.chunk = chunk, .linear = linear, .args = args, .c = c,
-                             .format = format, .x = x, .grad = grad,
+    const int64_t unit = kind == FL_HALF_ELEMENTWISE ? tile_rows_f32(c) : 1;
+    const fl_half_job job = {.chunk = chunk, .kind = kind, .args = args, .n = n, .c = c,
+                             .unit = unit, .format = format, .x = x, .grad = grad,
                              .target = target_format ? (const uint16_t *)target : NULL,
                              .target_format = target_format,
                              .stream = fl_streams(n, c, sizeof(uint16_t), x, grad)};
-    return fl_parallel_rows(n, c, n_threads, fl_half_chunk, &job);
+    return fl_parallel_rows((n + unit - 1) / unit, unit * c, n_threads, fl_half_chunk, &job);
 }
 
 /* A probability target is float (target_format 0: it goes into the float arguments) or 16-bit
@@ -641,8 +668,8 @@ int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *
     const fl_chunk_fn chunk =
         ce_args_f32(&a, c, NULL, target_index, t, weight, ignore_index, label_smoothing,
                     softcap, inv_temperature, z_grad, row_scale, loss, lse, NULL);
-    return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk, 1, &a,
-                       n_threads);
+    return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk,
+                       FL_HALF_LINEAR, &a, n_threads);
 }
 
 int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
@@ -652,7 +679,8 @@ int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *
     linear_args_f32 a;
     const fl_chunk_fn chunk = kl_args_f32(&a, c, NULL, FL_FLOAT_TARGET(target, target_format),
                                           log_target, row_scale, loss, NULL);
-    return fl_half_run(n, c, format, x, grad, target_format, target, chunk, 1, &a, n_threads);
+    return fl_half_run(n, c, format, x, grad, target_format, target, chunk,
+                       FL_HALF_LINEAR, &a, n_threads);
 }
 
 int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
@@ -663,15 +691,41 @@ int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
     const float *t = FL_FLOAT_TARGET(target_prob, target_format);
     const fl_chunk_fn chunk =
         softmax_mse_args_f32(&a, c, NULL, target_index, t, row_scale, loss, NULL);
-    return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk, 0, &a,
-                       n_threads);
+    return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk,
+                       FL_HALF_FOP, &a, n_threads);
 }
 
 int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                         const double *row_scale, double *loss, uint16_t *grad, int n_threads) {
     fop_args_f32 a;
     const fl_chunk_fn chunk = entropy_args_f32(&a, c, NULL, row_scale, loss, NULL);
-    return fl_half_run(n, c, format, x, grad, 0, NULL, chunk, 0, &a, n_threads);
+    return fl_half_run(n, c, format, x, grad, 0, NULL, chunk, FL_HALF_FOP, &a, n_threads);
+}
+
+/* BCE and MSE: a 16-bit target (target_format) or a float one. */
+int fl_bce_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x, int target_format,
+                    const void *target, const double *weight, int64_t weight_rs,
+                    int64_t weight_cs, const double *pos_weight, const double *scale,
+                    int64_t scale_rs, int64_t scale_cs, double *loss, int row_sums,
+                    uint16_t *grad, int n_threads) {
+    elementwise_args_f32 a;
+    const fl_chunk_fn chunk =
+        bce_args_f32(&a, n, c, NULL, FL_FLOAT_TARGET(target, target_format), weight, weight_rs,
+                     weight_cs, pos_weight, scale, scale_rs, scale_cs, loss, row_sums, NULL);
+    return fl_half_run(n, c, format, x, grad, target_format, target, chunk,
+                       FL_HALF_ELEMENTWISE, &a, n_threads);
+}
+
+int fl_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x, int target_format,
+                    const void *target, const double *scale, int64_t scale_rs,
+                    int64_t scale_cs, double *loss, int row_sums, uint16_t *grad,
+                    int n_threads) {
+    elementwise_args_f32 a;
+    const fl_chunk_fn chunk =
+        mse_args_f32(&a, n, c, NULL, FL_FLOAT_TARGET(target, target_format), scale, scale_rs,
+                     scale_cs, loss, row_sums, NULL);
+    return fl_half_run(n, c, format, x, grad, target_format, target, chunk,
+                       FL_HALF_ELEMENTWISE, &a, n_threads);
 }
 
 /* Conversions of whole arrays: the tests check the kernels' conversions through these. */

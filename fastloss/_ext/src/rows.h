@@ -154,6 +154,15 @@ FL_PRIVATE int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const u
 FL_PRIVATE int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                    const double *row_scale, double *loss, uint16_t *grad,
                                    int n_threads);
+FL_PRIVATE int fl_bce_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                               int target_format, const void *target, const double *weight,
+                               int64_t weight_rs, int64_t weight_cs, const double *pos_weight,
+                               const double *scale, int64_t scale_rs, int64_t scale_cs,
+                               double *loss, int row_sums, uint16_t *grad, int n_threads);
+FL_PRIVATE int fl_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
+                               int target_format, const void *target, const double *scale,
+                               int64_t scale_rs, int64_t scale_cs, double *loss, int row_sums,
+                               uint16_t *grad, int n_threads);
 /* n values converted between a 16-bit format and float (to 16 bits: nearest even). */
 FL_PRIVATE void fl_half_to_float(int64_t n, int format, const uint16_t *src, float *dst);
 FL_PRIVATE void fl_float_to_half(int64_t n, int format, const float *src, uint16_t *dst);
