@@ -270,6 +270,121 @@ FL_INLINE void fl_stream_fence(void) {}
 #undef T
 #undef TN
 
+/* 16-bit conversions (see "16-bit logits" below), used by the kernels' 16-bit tiles too. */
+
+#define FL_HALF_FLOATS 32768
+
+typedef union {
+    float f;
+    uint32_t u;
+} fl_bits;
+
+FL_INLINE float fl_from_bf16(uint16_t h) {
+    fl_bits b = {.u = (uint32_t)h << 16};
+    return b.f;
+}
+
+/* Round to nearest even; a NaN stays a (quiet) NaN, overflow gives +-inf. */
+FL_INLINE uint16_t fl_to_bf16(float f) {
+    fl_bits b = {.f = f};
+    const uint32_t rounded = (b.u + 0x7FFFu + ((b.u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (b.u >> 16) | 0x40u;
+    return (uint16_t)((b.u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
+}
+
+/* IEEE binary16 -> float, exact (subnormals, +-inf and NaN included), without F16C so that
+   it builds everywhere; branch-free so that the loops vectorise. */
+FL_INLINE float fl_from_f16(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t em = h & 0x7FFFu; /* exponent and mantissa */
+    fl_bits normal = {.u = (em << 13) + ((127u - 15u) << 23)};
+    fl_bits special = {.u = (em << 13) | 0x7F800000u}; /* inf, NaN (payload kept) */
+    const float small = (float)(int32_t)em * 5.9604644775390625e-08f; /* em < 0x400: em 2^-24 */
+    fl_bits out;
+    out.f = em < 0x400u ? small : normal.f;
+    out.u = em >= 0x7C00u ? special.u : out.u;
+    out.u |= sign;
+    return out.f;
+}
+
+/* float -> IEEE binary16, round to nearest even; overflow gives +-inf, NaN a quiet NaN. */
+FL_INLINE uint16_t fl_to_f16(float f) {
+    fl_bits b = {.f = f};
+    const uint32_t sign = (b.u >> 16) & 0x8000u;
+    const uint32_t a = b.u & 0x7FFFFFFFu;
+    /* normal results: rebias and round the 13 dropped bits to nearest even */
+    const uint32_t normal = (a + ((uint32_t)(15 - 127) << 23) + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+    /* subnormal results (|f| < 2^-14): adding 0.5 puts the value's units of 2^-24 in the low
+       bits of the sum, rounded to nearest even by the float addition itself */
+    fl_bits magic = {.u = 126u << 23}, abs_f = {.u = a};
+    fl_bits sum = {.f = abs_f.f + magic.f};
+    const uint32_t sub = sum.u - magic.u;
+    uint32_t out = a < (113u << 23) ? sub : normal;
+    out = a >= (143u << 23) ? 0x7C00u : out; /* >= 65536: inf (65520..65536 round up above) */
+    out = a > 0x7F800000u ? 0x7E00u : out;
+    return (uint16_t)(out | sign);
+}
+
+enum { FL_HALF_BF16 = 1, FL_HALF_F16 = 2 };
+
+#define FL_HALF_LINE 32             /* 16-bit values in a cache line */
+#define FL_HALF_PREFETCH (8 << 10)  /* bytes ahead, as row_max's prefetch */
+
+/* n values converted line by line, each line's load prefetched FL_HALF_PREFETCH bytes ahead
+   (each thread's buffer-sized pieces start and stop the stream: with the hardware
+   prefetcher alone, the loads waited on memory for about half of fl_half_chunk's time in
+   the 16-bit cross-entropy at 2048 x 32768, by perf) */
+FL_INLINE void fl_half_load(float *dst, const uint16_t *src, int64_t n, int format) {
+    for (int64_t j0 = 0; j0 < n; j0 += FL_HALF_LINE) {
+        const int64_t len = n - j0 < FL_HALF_LINE ? n - j0 : FL_HALF_LINE;
+        __builtin_prefetch((const char *)(src + j0) + FL_HALF_PREFETCH, 0, 3);
+        const uint16_t *s = src + j0;
+        float *d = dst + j0;
+        if (format == FL_HALF_BF16) {
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j) d[j] = fl_from_bf16(s[j]);
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j) d[j] = fl_from_f16(s[j]);
+        }
+    }
+}
+
+FL_INLINE void fl_half_round(uint16_t *dst, const float *src, int64_t n, int format) {
+    if (format == FL_HALF_BF16) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dst[j] = fl_to_bf16(src[j]);
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dst[j] = fl_to_f16(src[j]);
+    }
+}
+
+/* stream: with streaming stores from the first 16-byte boundary (see "streaming stores"
+   above: the gradient's lines are not read from memory before they are written); the
+   caller fences. */
+FL_INLINE void fl_half_store(uint16_t *dst, const float *src, int64_t n, int format,
+                             int stream) {
+#if FL_HAVE_STREAMS
+    if (stream) {
+        int64_t j = 0;
+        for (; j < n && ((uintptr_t)(dst + j) & 15) != 0; ++j)
+            fl_half_round(dst + j, src + j, 1, format);
+        for (; j + FL_HALF_LINE <= n; j += FL_HALF_LINE) {
+            uint16_t line[FL_HALF_LINE] __attribute__((aligned(64)));
+            fl_half_round(line, src + j, FL_HALF_LINE, format);
+            for (int q = 0; q < FL_HALF_LINE; q += 8)
+                _mm_stream_si128((__m128i *)(dst + j + q),
+                                 _mm_load_si128((const __m128i *)(line + q)));
+        }
+        fl_half_round(dst + j, src + j, n - j, format);
+        return;
+    }
+#endif
+    (void)stream;
+    fl_half_round(dst, src, n, format);
+}
+
 /* Wide rows (at least WIDE_CLASSES classes) on an AVX-512 CPU run a third variant with
    512-bit vectors: 1.4x faster there than 256-bit ones (the forward at 2048 x 32768: 17 vs
    24 ms) and 1.1-1.35x from 128 classes up (one thread, rows in L2: the fused cross-entropy
@@ -435,138 +550,22 @@ static int fl_wide_allowed(void) { return 0; }
  * Memory traffic is then that of the 16-bit arrays: half of float32's.  The loads are
  * prefetched ahead and a large gradient that is not the logits is written with streaming
  * stores (fl_streams, as the float cross-entropy's): every loss's 16-bit gradient is
- * written once, by that last rounding pass.
+ * written once, by that last rounding pass.  BCE and MSE (elementwise) skip the buffer: their
+ * skeleton converts each of its own 1024-element tiles in and out while it is in L1
+ * (elementwise_tiles' half), which saves the buffer's passes through L2.
  */
 
-#define FL_HALF_FLOATS 32768
-
-typedef union {
-    float f;
-    uint32_t u;
-} fl_bits;
-
-FL_INLINE float fl_from_bf16(uint16_t h) {
-    fl_bits b = {.u = (uint32_t)h << 16};
-    return b.f;
-}
-
-/* Round to nearest even; a NaN stays a (quiet) NaN, overflow gives +-inf. */
-FL_INLINE uint16_t fl_to_bf16(float f) {
-    fl_bits b = {.f = f};
-    const uint32_t rounded = (b.u + 0x7FFFu + ((b.u >> 16) & 1u)) >> 16;
-    const uint32_t nan = (b.u >> 16) | 0x40u;
-    return (uint16_t)((b.u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
-}
-
-/* IEEE binary16 -> float, exact (subnormals, +-inf and NaN included), without F16C so that
-   it builds everywhere; branch-free so that the loops vectorise. */
-FL_INLINE float fl_from_f16(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    const uint32_t em = h & 0x7FFFu; /* exponent and mantissa */
-    fl_bits normal = {.u = (em << 13) + ((127u - 15u) << 23)};
-    fl_bits special = {.u = (em << 13) | 0x7F800000u}; /* inf, NaN (payload kept) */
-    const float small = (float)(int32_t)em * 5.9604644775390625e-08f; /* em < 0x400: em 2^-24 */
-    fl_bits out;
-    out.f = em < 0x400u ? small : normal.f;
-    out.u = em >= 0x7C00u ? special.u : out.u;
-    out.u |= sign;
-    return out.f;
-}
-
-/* float -> IEEE binary16, round to nearest even; overflow gives +-inf, NaN a quiet NaN. */
-FL_INLINE uint16_t fl_to_f16(float f) {
-    fl_bits b = {.f = f};
-    const uint32_t sign = (b.u >> 16) & 0x8000u;
-    const uint32_t a = b.u & 0x7FFFFFFFu;
-    /* normal results: rebias and round the 13 dropped bits to nearest even */
-    const uint32_t normal = (a + ((uint32_t)(15 - 127) << 23) + 0xFFFu + ((a >> 13) & 1u)) >> 13;
-    /* subnormal results (|f| < 2^-14): adding 0.5 puts the value's units of 2^-24 in the low
-       bits of the sum, rounded to nearest even by the float addition itself */
-    fl_bits magic = {.u = 126u << 23}, abs_f = {.u = a};
-    fl_bits sum = {.f = abs_f.f + magic.f};
-    const uint32_t sub = sum.u - magic.u;
-    uint32_t out = a < (113u << 23) ? sub : normal;
-    out = a >= (143u << 23) ? 0x7C00u : out; /* >= 65536: inf (65520..65536 round up above) */
-    out = a > 0x7F800000u ? 0x7E00u : out;
-    return (uint16_t)(out | sign);
-}
-
-enum { FL_HALF_BF16 = 1, FL_HALF_F16 = 2 };
-
-#define FL_HALF_LINE 32             /* 16-bit values in a cache line */
-#define FL_HALF_PREFETCH (8 << 10)  /* bytes ahead, as row_max's prefetch */
-
-/* n values converted line by line, each line's load prefetched FL_HALF_PREFETCH bytes ahead
-   (each thread's buffer-sized pieces start and stop the stream: with the hardware
-   prefetcher alone, the loads waited on memory for about half of fl_half_chunk's time in
-   the 16-bit cross-entropy at 2048 x 32768, by perf) */
-FL_INLINE void fl_half_load(float *dst, const uint16_t *src, int64_t n, int format) {
-    for (int64_t j0 = 0; j0 < n; j0 += FL_HALF_LINE) {
-        const int64_t len = n - j0 < FL_HALF_LINE ? n - j0 : FL_HALF_LINE;
-        __builtin_prefetch((const char *)(src + j0) + FL_HALF_PREFETCH, 0, 3);
-        const uint16_t *s = src + j0;
-        float *d = dst + j0;
-        if (format == FL_HALF_BF16) {
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j) d[j] = fl_from_bf16(s[j]);
-        } else {
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j) d[j] = fl_from_f16(s[j]);
-        }
-    }
-}
-
-FL_INLINE void fl_half_round(uint16_t *dst, const float *src, int64_t n, int format) {
-    if (format == FL_HALF_BF16) {
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) dst[j] = fl_to_bf16(src[j]);
-    } else {
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) dst[j] = fl_to_f16(src[j]);
-    }
-}
-
-/* stream: with streaming stores from the first 16-byte boundary (see "streaming stores"
-   above: the gradient's lines are not read from memory before they are written); the
-   caller fences. */
-FL_INLINE void fl_half_store(uint16_t *dst, const float *src, int64_t n, int format,
-                             int stream) {
-#if FL_HAVE_STREAMS
-    if (stream) {
-        int64_t j = 0;
-        for (; j < n && ((uintptr_t)(dst + j) & 15) != 0; ++j)
-            fl_half_round(dst + j, src + j, 1, format);
-        for (; j + FL_HALF_LINE <= n; j += FL_HALF_LINE) {
-            uint16_t line[FL_HALF_LINE] __attribute__((aligned(64)));
-            fl_half_round(line, src + j, FL_HALF_LINE, format);
-            for (int q = 0; q < FL_HALF_LINE; q += 8)
-                _mm_stream_si128((__m128i *)(dst + j + q),
-                                 _mm_load_si128((const __m128i *)(line + q)));
-        }
-        fl_half_round(dst + j, src + j, n - j, format);
-        return;
-    }
-#endif
-    (void)stream;
-    fl_half_round(dst, src, n, format);
-}
-
-/* What a 16-bit call's float arguments are: whole rows of a linear_args_f32 or a
-   fop_args_f32, or the tiles of an elementwise_args_f32 (BCE, MSE). */
-enum { FL_HALF_LINEAR, FL_HALF_FOP, FL_HALF_ELEMENTWISE };
-
-/* A 16-bit call: the float chunk function, its arguments (x and grad replaced by the
-   buffer), and the 16-bit arrays. */
+/* A 16-bit call: the float chunk function, its arguments (a linear_args_f32 or a
+   fop_args_f32, whose x and grad are replaced by the buffer), and the 16-bit arrays. */
 typedef struct {
     fl_chunk_fn chunk;
-    int kind;         /* FL_HALF_LINEAR, FL_HALF_FOP or FL_HALF_ELEMENTWISE */
+    int linear; /* args is a linear_args_f32 (else a fop_args_f32) */
     const void *args;
-    int64_t n, c;
-    int64_t unit;     /* rows per unit of the chunk's range: a tile's (elementwise), else 1 */
+    int64_t c;
     int format;
     const uint16_t *x;
     uint16_t *grad;
-    const uint16_t *target; /* a 16-bit target (format target_format), or NULL */
+    const uint16_t *target; /* a 16-bit probability target (format target_format), or NULL */
     int target_format;
     int stream; /* the gradient is written with streaming stores (fl_streams) */
 } fl_half_job;
@@ -585,51 +584,31 @@ typedef struct {
         if ((a).loss) (a).loss += (lo);                                \
     } while (0)
 
-/* The float chunk over r rows from row start, converted into buf (and tbuf). */
-static int fl_half_piece(const fl_half_job *job, int64_t start, int64_t r, float *buf,
-                         float *tbuf) {
-    const int with_grad = job->grad != NULL;
-    if (job->kind == FL_HALF_LINEAR) {
-        linear_args_f32 a = *(const linear_args_f32 *)job->args;
-        FL_HALF_SHIFT(a, start, buf, tbuf, with_grad);
-        if (a.lse) a.lse += start;
-        return job->chunk(&a, 0, r);
-    }
-    if (job->kind == FL_HALF_FOP) {
-        fop_args_f32 a = *(const fop_args_f32 *)job->args;
-        FL_HALF_SHIFT(a, start, buf, tbuf, with_grad);
-        return job->chunk(&a, 0, r);
-    }
-    /* elementwise: start and r are whole tiles (but the last), so the tiles, and every
-       element and row sum in them, are the float call's */
-    elementwise_args_f32 a = *(const elementwise_args_f32 *)job->args;
-    a.n_rows = r;
-    a.x = buf;
-    a.grad = with_grad ? buf : NULL;
-    a.target = tbuf ? tbuf : a.target + start * a.c;
-    if (a.weight) a.weight += start * a.w_rs;
-    if (a.scale) a.scale += start * a.s_rs;
-    if (a.loss) a.loss += start * (a.row_sums ? 1 : a.c);
-    return job->chunk(&a, 0, (r + job->unit - 1) / job->unit);
-}
-
 FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
     const fl_half_job *job = (const fl_half_job *)job_;
-    const int64_t c = job->c, unit = job->unit;
-    const int64_t first = lo * unit, last = hi * unit < job->n ? hi * unit : job->n;
-    int64_t rows = FL_HALF_FLOATS / c / unit * unit; /* whole units */
-    if (rows < unit) rows = unit;
-    if (rows > last - first) rows = last - first;
+    const int64_t c = job->c;
+    int64_t rows = FL_HALF_FLOATS / c;
+    if (rows < 1) rows = 1;
+    if (rows > hi - lo) rows = hi - lo;
     const int64_t size = rows * c;
     float *buf = (float *)malloc((size_t)(job->target ? 2 * size : size) * sizeof(float));
     if (!buf) return FASTLOSS_E_MEMORY;
     float *tbuf = job->target ? buf + size : NULL;
     int status = FASTLOSS_OK;
-    for (int64_t start = first; start < last && status == FASTLOSS_OK; start += rows) {
-        const int64_t r = last - start < rows ? last - start : rows;
+    for (int64_t start = lo; start < hi && status == FASTLOSS_OK; start += rows) {
+        const int64_t r = hi - start < rows ? hi - start : rows;
         fl_half_load(buf, job->x + start * c, r * c, job->format);
         if (tbuf) fl_half_load(tbuf, job->target + start * c, r * c, job->target_format);
-        status = fl_half_piece(job, start, r, buf, tbuf);
+        if (job->linear) {
+            linear_args_f32 a = *(const linear_args_f32 *)job->args;
+            FL_HALF_SHIFT(a, start, buf, tbuf, job->grad != NULL);
+            if (a.lse) a.lse += start;
+            status = job->chunk(&a, 0, r);
+        } else {
+            fop_args_f32 a = *(const fop_args_f32 *)job->args;
+            FL_HALF_SHIFT(a, start, buf, tbuf, job->grad != NULL);
+            status = job->chunk(&a, 0, r);
+        }
         if (job->grad)
             fl_half_store(job->grad + start * c, buf, r * c, job->format, job->stream);
     }
@@ -638,18 +617,16 @@ FL_CLONES static int fl_half_chunk(const void *job_, int64_t lo, int64_t hi) {
     return status;
 }
 
-/* target_format 0: the target (if any) is float, already in args; else a 16-bit target.
-   The threads split rows, or the elementwise kinds' tiles (as elementwise_parallel). */
+/* target_format 0: the target (if any) is float, already in args; else a 16-bit target. */
 static int fl_half_run(int64_t n, int64_t c, int format, const uint16_t *x, uint16_t *grad,
-                       int target_format, const void *target, fl_chunk_fn chunk, int kind,
+                       int target_format, const void *target, fl_chunk_fn chunk, int linear,
                        const void *args, int n_threads) {
-    const int64_t unit = kind == FL_HALF_ELEMENTWISE ? tile_rows_f32(c) : 1;
-    const fl_half_job job = {.chunk = chunk, .kind = kind, .args = args, .n = n, .c = c,
-                             .unit = unit, .format = format, .x = x, .grad = grad,
+    const fl_half_job job = {.chunk = chunk, .linear = linear, .args = args, .c = c,
+                             .format = format, .x = x, .grad = grad,
                              .target = target_format ? (const uint16_t *)target : NULL,
                              .target_format = target_format,
                              .stream = fl_streams(n, c, sizeof(uint16_t), x, grad)};
-    return fl_parallel_rows((n + unit - 1) / unit, unit * c, n_threads, fl_half_chunk, &job);
+    return fl_parallel_rows(n, c, n_threads, fl_half_chunk, &job);
 }
 
 /* A probability target is float (target_format 0: it goes into the float arguments) or 16-bit
@@ -669,7 +646,7 @@ int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *
         ce_args_f32(&a, c, NULL, target_index, t, weight, ignore_index, label_smoothing,
                     softcap, inv_temperature, z_grad, row_scale, loss, lse, NULL);
     return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk,
-                       FL_HALF_LINEAR, &a, n_threads);
+                       1, &a, n_threads);
 }
 
 int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
@@ -680,7 +657,7 @@ int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *
     const fl_chunk_fn chunk = kl_args_f32(&a, c, NULL, FL_FLOAT_TARGET(target, target_format),
                                           log_target, row_scale, loss, NULL);
     return fl_half_run(n, c, format, x, grad, target_format, target, chunk,
-                       FL_HALF_LINEAR, &a, n_threads);
+                       1, &a, n_threads);
 }
 
 int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
@@ -692,17 +669,30 @@ int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
     const fl_chunk_fn chunk =
         softmax_mse_args_f32(&a, c, NULL, target_index, t, row_scale, loss, NULL);
     return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk,
-                       FL_HALF_FOP, &a, n_threads);
+                       0, &a, n_threads);
 }
 
 int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                         const double *row_scale, double *loss, uint16_t *grad, int n_threads) {
     fop_args_f32 a;
     const fl_chunk_fn chunk = entropy_args_f32(&a, c, NULL, row_scale, loss, NULL);
-    return fl_half_run(n, c, format, x, grad, 0, NULL, chunk, FL_HALF_FOP, &a, n_threads);
+    return fl_half_run(n, c, format, x, grad, 0, NULL, chunk, 0, &a, n_threads);
 }
 
-/* BCE and MSE: a 16-bit target (target_format) or a float one. */
+/* BCE and MSE: the float skeleton's own tiles, each converted from 16 bits and its
+   gradient rounded back while in L1 (elementwise_tiles' half); a 16-bit target
+   (target_format) or a float one. */
+static void fl_elementwise_half(elementwise_args_f32 *a, int64_t n, int64_t c, int format,
+                                const uint16_t *x, int target_format, const void *target,
+                                uint16_t *grad) {
+    a->x16 = x;
+    a->format = format;
+    a->target16 = target_format ? (const uint16_t *)target : NULL;
+    a->target_format = target_format;
+    a->grad16 = grad;
+    a->stream = fl_streams(n, c, sizeof(uint16_t), x, grad);
+}
+
 int fl_bce_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x, int target_format,
                     const void *target, const double *weight, int64_t weight_rs,
                     int64_t weight_cs, const double *pos_weight, const double *scale,
@@ -712,8 +702,8 @@ int fl_bce_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x, int tar
     const fl_chunk_fn chunk =
         bce_args_f32(&a, n, c, NULL, FL_FLOAT_TARGET(target, target_format), weight, weight_rs,
                      weight_cs, pos_weight, scale, scale_rs, scale_cs, loss, row_sums, NULL);
-    return fl_half_run(n, c, format, x, grad, target_format, target, chunk,
-                       FL_HALF_ELEMENTWISE, &a, n_threads);
+    fl_elementwise_half(&a, n, c, format, x, target_format, target, grad);
+    return elementwise_parallel_f32(&a, n, chunk, n_threads);
 }
 
 int fl_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x, int target_format,
@@ -724,8 +714,8 @@ int fl_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x, int tar
     const fl_chunk_fn chunk =
         mse_args_f32(&a, n, c, NULL, FL_FLOAT_TARGET(target, target_format), scale, scale_rs,
                      scale_cs, loss, row_sums, NULL);
-    return fl_half_run(n, c, format, x, grad, target_format, target, chunk,
-                       FL_HALF_ELEMENTWISE, &a, n_threads);
+    fl_elementwise_half(&a, n, c, format, x, target_format, target, grad);
+    return elementwise_parallel_f32(&a, n, chunk, n_threads);
 }
 
 /* Conversions of whole arrays: the tests check the kernels' conversions through these. */
