@@ -3,8 +3,8 @@ more with rows of 1024 classes or more, written into an ``out`` that is not the 
 written by streaming stores from a scratch row.  It must be the gradient of the ordinary
 path bit for bit: the same logits computed in place (``out=logits``, which never streams)
 give the reference here (the cases with class indices and neither label smoothing nor a
-transform stream; the others, and the other softmax losses, which do not, are held to the
-same identity at the same size).  Row lengths that are not a multiple of the vector width,
+transform stream; the others, and the other losses, which do not, are held to the same
+identity at the same size; with 16-bit logits every loss streams, BCE and MSE tile by tile).  Row lengths that are not a multiple of the vector width,
 so that rows start at every alignment, and an ``out`` off the element grid's 16-byte
 alignment; poisoned, impossible and ignored rows; one and two threads; the 128-bit stores
 of CPUs without AVX-512 (``FASTLOSS_NO_AVX512=1``, in a child process)."""
@@ -75,6 +75,9 @@ def _cases(rng, x):
         (fastloss.softmax_mse_with_grad, (t,), {"reduction": "none"}),
         (fastloss.entropy_with_grad, (), {}),
         (fastloss.entropy_with_grad, (), {"reduction": "none", "grad_output": go}),
+        # BCE and MSE: a target of the logits' dtype, 16-bit tiles converted in L1
+        (fastloss.binary_cross_entropy_with_logits_with_grad, (t,), {"pos_weight": w}),
+        (fastloss.mse_loss_with_grad, (t,), {"reduction": "none"}),
     ]
 
 
