@@ -163,12 +163,28 @@ def _default_ce_options(weight, ignore_index, label_smoothing, z_loss, softcap, 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
 _FAST_REDUCTIONS = ("mean", "sum", "none")
+# the compiled CPU backends a call may also name outright (backend="cython") on the short path
+_FAST_BACKENDS = ("cython", "numba")
+
+
+def _fast_module(backend):
+    """The module of a short-path call's backend: ``"auto"``'s CPU choice (unless
+    ``$FASTLOSS_BACKEND`` overrides it) or a named compiled CPU backend that is available;
+    None for any other backend (the general driver resolves it, and raises its errors)."""
+    if type(backend) is not str:
+        return None
+    if backend == "auto":
+        return None if _backends.env_backend_set() else _backends.auto_cpu_module()
+    if backend in _FAST_BACKENDS and _backends.available(backend):
+        return _backends.resolve(backend)[1]
+    return None
 
 
 def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad, out):
     """The common call, with fewer steps: C-contiguous 2-D float32/float64 logits in native
     byte order, a 1-D int64 array of class indices all in ``[0, C)``, default options, no
-    ``grad_output``, ``backend="auto"`` resolving to a CPU backend.  Returns what
+    ``grad_output``, ``backend="auto"`` resolving to a CPU backend or a compiled CPU backend
+    named outright (``"cython"``, ``"numba"``).  Returns what
     :func:`_loss` would (bit for bit: the same kernel and the same reduction), or ``None``
     when the call is not that common case; the general driver then validates it (and raises
     the errors).  Every check of the general path that can fail for such a call is made here
@@ -176,9 +192,12 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
     if (type(logits) is not np.ndarray or type(target) is not np.ndarray
             or logits.ndim != 2 or target.ndim != 1 or target.dtype != _INT64
             or logits.dtype not in _FAST_DTYPES or not logits.flags.c_contiguous
-            or not target.flags.c_contiguous or backend != "auto"
-            or reduction not in _FAST_REDUCTIONS or _backends.env_backend_set()
+            or not target.flags.c_contiguous
+            or reduction not in _FAST_REDUCTIONS
             or (n_threads is not None and (type(n_threads) is not int or n_threads < 1))):
+        return None
+    module = _fast_module(backend)
+    if module is None:
         return None
     n_rows, n_cols = logits.shape
     if n_rows == 0 or n_cols == 0 or target.shape[0] != n_rows:
@@ -194,18 +213,20 @@ def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad
     grad = None
     if want_grad:
         grad = out if out is not None else np.empty((n_rows, n_cols), logits.dtype)
-    loss = _fast_cross_entropy_run(logits, target, reduction, threads, grad)
+    loss = _fast_cross_entropy_run(logits, target, reduction, threads, grad, module)
     if loss is None:
         return None
     return (loss, grad) if want_grad else loss
 
 
-def _fast_cross_entropy_run(logits, target, reduction, threads, grad):
+def _fast_cross_entropy_run(logits, target, reduction, threads, grad, module=None):
     """The kernel call of :func:`_fast_cross_entropy`, for a caller that has made its checks
     (``fastloss.torch``'s common call makes them on the tensors): the loss, with the gradient
-    written into ``grad`` unless it is None, or None when an index is outside ``[0, C)``."""
+    written into ``grad`` unless it is None, or None when an index is outside ``[0, C)``.
+    ``module``: the backend's (default: ``"auto"``'s CPU backend)."""
     n_rows, n_cols = logits.shape
-    module = _backends.auto_cpu_module()
+    if module is None:
+        module = _backends.auto_cpu_module()
     value = 1.0 / n_rows if reduction == "mean" else 1.0
     fast = getattr(module, "cross_entropy_index_fast", None)
     if fast is not None:  # the C backend checks the indices and runs the kernel in one step

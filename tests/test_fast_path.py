@@ -13,11 +13,12 @@ import fastloss as fl
 from fastloss import _api
 
 
-def _general(want_grad, logits, target, reduction="mean", out=None, n_threads=None):
+def _general(want_grad, logits, target, reduction="mean", out=None, n_threads=None,
+             backend="auto"):
     """The same call through the general driver."""
     options = dict(weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
                    softcap=None, temperature=1.0)
-    return _api._loss("cross_entropy", want_grad, logits, target, options, reduction, "auto",
+    return _api._loss("cross_entropy", want_grad, logits, target, options, reduction, backend,
                       n_threads, None, out)
 
 
@@ -58,6 +59,31 @@ def test_bit_identical_to_the_general_driver(shape, dtype, reduction, spy):
     for got in (grad, grad_out):
         assert got.dtype == x.dtype and got.shape == x.shape
         np.testing.assert_array_equal(got, want_grad)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_a_named_compiled_backend_takes_the_short_path(backend, reduction, spy):
+    """backend="cython" or "numba" named outright: the short path, on that backend, with the
+    general driver's bits (and its errors for a bad index)."""
+    from fastloss import _backends
+
+    if not _backends.available(backend):
+        pytest.skip(f"backend {backend!r} is not available here")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((500, 70)).astype(np.float32)
+    t = rng.integers(0, 70, 500)
+    loss = fl.cross_entropy(x, t, reduction=reduction, backend=backend)
+    loss_g, grad = fl.cross_entropy_with_grad(x, t, reduction=reduction, backend=backend,
+                                              n_threads=2)
+    assert spy == [True, True]
+    np.testing.assert_array_equal(loss, _general(False, x, t, reduction, backend=backend))
+    want_loss, want_grad = _general(True, x, t, reduction, n_threads=2, backend=backend)
+    np.testing.assert_array_equal(loss_g, want_loss)
+    np.testing.assert_array_equal(grad, want_grad)
+    t[7] = -3
+    with pytest.raises(IndexError, match="target -3 at position 7"):
+        fl.cross_entropy_with_grad(x, t, backend=backend)
 
 
 def test_in_place_and_thread_counts(spy):
