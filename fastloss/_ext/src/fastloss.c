@@ -405,6 +405,23 @@ FL_INLINE void fl_half_store(uint16_t *dst, const float *src, int64_t n, int for
 #define WIDE_CLASSES 128
 #define FL_SHORT_C 32 /* the short-row path: rows of at most FL_SHORT_C classes, */
 #define FL_SHORT_R 16 /* FL_SHORT_R rows at a time */
+
+/* The short-row tiles' gather / scatter offsets.  Defined here, before the 512-bit pass and
+   outside it, so that it is compiled for the baseline CPU: every pass calls it (an AVX2-only
+   CPU runs the 256-bit kernels, and a function compiled inside the x86-64-v4 region would
+   stop them with an illegal instruction). */
+typedef struct {
+    int32_t load[FL_SHORT_C * FL_SHORT_R], store[FL_SHORT_C * FL_SHORT_R];
+} fl_short_index;
+
+static void fl_short_index_init(fl_short_index *ix, int64_t c) {
+    for (int32_t r = 0; r < FL_SHORT_R; ++r)
+        for (int32_t k = 0; k < (int32_t)c; ++k) {
+            ix->load[k * FL_SHORT_R + r] = r * (int32_t)c + k;
+            ix->store[r * (int32_t)c + k] = k * FL_SHORT_R + r;
+        }
+}
+
 #ifdef FL_HAVE_WIDE
 /* Whether the 512-bit variant may run: the CPU has x86-64-v4, and FASTLOSS_NO_AVX512 is
    unset, empty or "0" in the environment when the process first asks (it lets the tests,
