@@ -247,6 +247,56 @@ def _fast_cross_entropy_run(logits, target, reduction, threads, grad, module=Non
     return logits.dtype.type(float(loss_rows.sum()) * value)  # value: 1 / n_rows for "mean"
 
 
+def _fast_loss(name, logits, target, reduction, backend, n_threads, want_grad, out):
+    """The common call of the other losses (every option at its default, no
+    ``grad_output``), as :func:`_fast_cross_entropy` does it for cross-entropy: C-contiguous
+    2-D float32/float64 logits in native byte order, a target that the loss's
+    ``fast_args`` takes as it is (the logits' shape, dtype and layout; in-range int64 class
+    indices for softmax MSE), a CPU backend as for cross-entropy.  Returns what :func:`_loss`
+    would (bit for bit: the same kernel call and the same reduction), or ``None`` when the
+    call is not that common case; the general driver then validates it (and raises the
+    errors).  Every check of the general path that can fail for such a call is made here."""
+    spec = _losses.get(name)
+    if (type(logits) is not np.ndarray or logits.ndim != 2
+            or logits.dtype not in _FAST_DTYPES or not logits.flags.c_contiguous
+            or type(reduction) is not str or reduction not in spec.reductions
+            or (n_threads is not None and (type(n_threads) is not int or n_threads < 1))):
+        return None
+    n_rows, n_cols = logits.shape
+    if n_rows == 0 or n_cols == 0:
+        return None
+    args = spec.fast_args(target, logits)
+    if args is None:
+        return None
+    module = _fast_module(backend)
+    if module is None:
+        return None
+    if out is not None and (type(out) is not np.ndarray or out.shape != logits.shape
+                            or out.dtype != logits.dtype or not out.flags.c_contiguous
+                            or not out.flags.writeable):
+        return None
+    small = n_rows * n_cols < MIN_PARALLEL_ELEMENTS  # as in _fast_cross_entropy
+    threads = n_threads or (1 if small else _backends.default_threads())
+    mean = reduction in ("mean", "batchmean")
+    # the general driver's denominator (the losses' prepare) and gradient scale
+    value = 1.0 / (logits.size if reduction == "mean" and spec.mean_over_elements
+                   else n_rows) if mean else 1.0
+    scale = grad = None
+    if want_grad:
+        scale = (np.broadcast_to(np.float64(value), logits.shape) if spec.elementwise
+                 else np.full(n_rows, value))
+        grad = out if out is not None else np.empty(logits.shape, logits.dtype)
+    per_element = spec.elementwise and reduction == "none"
+    loss_rows = np.empty(logits.shape if per_element else n_rows)
+    getattr(module, spec.kernel)(logits, *args, scale, loss_rows, grad, threads)
+    if reduction == "none":
+        loss = loss_rows.astype(logits.dtype)
+    else:  # _reduce and _as_result: the float64 sum in the same order, then the mean
+        total = float(np.sum(loss_rows, dtype=np.float64))
+        loss = logits.dtype.type(total * value if mean else total)
+    return (loss, grad) if want_grad else loss
+
+
 class _Ones(dict):
     """float64 arrays of ones, one per class count (the kernels' unit weights; they only
     read them)."""
@@ -466,6 +516,11 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     >>> round(float(fastloss.binary_cross_entropy_with_logits(logits, np.array([1.0]))), 6)
     0.223144
     """
+    if weight is None and pos_weight is None:
+        fast = _fast_loss("binary_cross_entropy_with_logits", logits, target,
+                          reduction, backend, n_threads, False, None)
+        if fast is not None:
+            return fast
     return _loss("binary_cross_entropy_with_logits", False, logits, target, locals(),
                  reduction, backend, n_threads)
 
@@ -491,6 +546,11 @@ def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, p
     >>> print(round(float(loss), 6), grad)
     1.386294 [-0.5  0.5]
     """
+    if grad_output is None and weight is None and pos_weight is None:
+        fast = _fast_loss("binary_cross_entropy_with_logits", logits, target,
+                          reduction, backend, n_threads, True, out)
+        if fast is not None:
+            return fast
     return _loss("binary_cross_entropy_with_logits", True, logits, target, locals(),
                  reduction, backend, n_threads, grad_output, out)
 
@@ -525,6 +585,9 @@ def softmax_mse(logits, target, *, reduction: str = "mean", backend: str = "auto
     >>> round(float(fastloss.softmax_mse(logits, np.array([0]))), 6)
     0.06
     """
+    fast = _fast_loss("softmax_mse", logits, target, reduction, backend, n_threads, False, None)
+    if fast is not None:
+        return fast
     return _loss("softmax_mse", False, logits, target, locals(), reduction, backend, n_threads)
 
 
@@ -546,6 +609,10 @@ def softmax_mse_with_grad(logits, target, *, reduction: str = "mean", grad_outpu
     >>> print(float(loss), grad)
     0.5 [[-0.5  0.5]]
     """
+    if grad_output is None:
+        fast = _fast_loss("softmax_mse", logits, target, reduction, backend, n_threads, True, out)
+        if fast is not None:
+            return fast
     return _loss("softmax_mse", True, logits, target, locals(), reduction, backend, n_threads,
                  grad_output, out)
 
@@ -579,6 +646,11 @@ def kl_divergence(logits, target, *, log_target: bool = False, reduction: str = 
     >>> round(float(fastloss.kl_divergence(np.log([[0.8, 0.2]]), t)), 6)
     0.223144
     """
+    if log_target is False:
+        fast = _fast_loss("kl_divergence", logits, target,
+                          reduction, backend, n_threads, False, None)
+        if fast is not None:
+            return fast
     return _loss("kl_divergence", False, logits, target, locals(), reduction, backend,
                  n_threads)
 
@@ -598,6 +670,11 @@ def kl_divergence_with_grad(logits, target, *, log_target: bool = False,
     >>> print(round(float(loss), 6), grad)
     0.693147 [[-0.5  0.5]]
     """
+    if grad_output is None and log_target is False:
+        fast = _fast_loss("kl_divergence", logits, target,
+                          reduction, backend, n_threads, True, out)
+        if fast is not None:
+            return fast
     return _loss("kl_divergence", True, logits, target, locals(), reduction, backend,
                  n_threads, grad_output, out)
 
@@ -624,6 +701,9 @@ def entropy(logits, *, reduction: str = "mean", backend: str = "auto",
     >>> round(float(fastloss.entropy(np.zeros((1, 4)))), 6)   # log 4
     1.386294
     """
+    fast = _fast_loss("entropy", logits, None, reduction, backend, n_threads, False, None)
+    if fast is not None:
+        return fast
     return _loss("entropy", False, logits, None, locals(), reduction, backend, n_threads)
 
 
@@ -640,6 +720,10 @@ def entropy_with_grad(logits, *, reduction: str = "mean", grad_output=None, out=
     >>> print(np.abs(grad).max())   # the uniform distribution is a maximum
     0.0
     """
+    if grad_output is None:
+        fast = _fast_loss("entropy", logits, None, reduction, backend, n_threads, True, out)
+        if fast is not None:
+            return fast
     return _loss("entropy", True, logits, None, locals(), reduction, backend, n_threads,
                  grad_output, out)
 
@@ -660,6 +744,9 @@ def mse_loss(input, target, *, reduction: str = "mean", backend: str = "auto",
     >>> float(fastloss.mse_loss(np.array([1.0, 2.0]), np.array([0.0, 0.0])))
     2.5
     """
+    fast = _fast_loss("mse_loss", input, target, reduction, backend, n_threads, False, None)
+    if fast is not None:
+        return fast
     return _loss("mse_loss", False, input, target, locals(), reduction, backend, n_threads)
 
 
@@ -674,6 +761,10 @@ def mse_loss_with_grad(input, target, *, reduction: str = "mean", grad_output=No
     >>> print(float(loss), grad)
     2.5 [1. 2.]
     """
+    if grad_output is None:
+        fast = _fast_loss("mse_loss", input, target, reduction, backend, n_threads, True, out)
+        if fast is not None:
+            return fast
     return _loss("mse_loss", True, input, target, locals(), reduction, backend, n_threads,
                  grad_output, out)
 

@@ -60,6 +60,11 @@ class Loss:
     default_reduction: str = "mean"
     z_loss: bool = False  # has z_loss / return_z_loss (the kernel writes lse)
     summary: str = ""
+    # The short path (fastloss._api._fast_loss): (target, x) -> the kernel's arguments after
+    # x for the default options, when the target is already what the kernel reads (x a
+    # C-contiguous 2-D float32/float64 array); None sends the call to the general driver.
+    fast_args: Callable | None = None
+    mean_over_elements: bool = False  # "mean" divides by every element, not by the rows
 
     @property
     def fused_name(self) -> str:
@@ -85,6 +90,16 @@ def _rowwise(fn):
         loss, grad = fn(x2, t2, o)
         return loss.reshape(shape[:-1]), grad.reshape(shape)
     return reference_nd
+
+def _same_layout(target, x) -> bool:
+    """``target`` is a C-contiguous array of ``x``'s shape and dtype (no conversion needed)."""
+    return (type(target) is np.ndarray and target.shape == x.shape and target.dtype == x.dtype
+            and target.flags.c_contiguous)
+
+
+def _fast_same(target, x):
+    return (target,) if _same_layout(target, x) else None
+
 
 def _soft_or_index(target, logits, ignore_index):
     """``(target, soft)``: probabilities of the logits' shape, or flat int64 class indices."""
@@ -270,6 +285,8 @@ BINARY_CROSS_ENTROPY = Loss(
                                                                o["pos_weight"]),
     torch=_torch_bce, jax=_jax_bce, numpy=_np_bce, elementwise=True,
     options=(Option("weight", None, lambda v: v), Option("pos_weight", None, lambda v: v)),
+    fast_args=lambda t, x: (t, None, None) if _same_layout(t, x) else None,
+    mean_over_elements=True,
     summary="elementwise sigmoid binary cross-entropy",
 )
 
@@ -279,6 +296,22 @@ BINARY_CROSS_ENTROPY = Loss(
 def _prepare_softmax_mse(call, x_user, target, o):
     target, soft = _soft_or_index(target, x_user, None)
     return Prepared((call.rows(target) if soft else target,), call.n_rows)
+
+
+def _fast_softmax_mse(target, x):
+    """Probabilities as they are, or in-range int64 class indices (an index out of range
+    goes to the general driver, which raises the error)."""
+    if _same_layout(target, x):
+        return (target,)
+    if (type(target) is np.ndarray and target.dtype == _INT64 and target.ndim == 1
+            and target.shape[0] == x.shape[0] and target.flags.c_contiguous
+            # negative indices become huge unsigned ones: one comparison checks both bounds
+            and int(target.view(np.uint64).max()) < x.shape[1]):
+        return (target,)
+    return None
+
+
+_INT64 = np.dtype(np.int64)
 
 
 def _torch_softmax_mse(torch, x, target, o, reduction):
@@ -300,6 +333,7 @@ SOFTMAX_MSE = Loss(
     "softmax_mse", "softmax_mse", _prepare_softmax_mse,
     _rowwise(lambda x, t, o: reference.softmax_mse(x, t)),
     torch=_torch_softmax_mse, jax=_jax_softmax_mse, numpy=_np_softmax_mse,
+    fast_args=_fast_softmax_mse,
     summary="sum_c (softmax_c - t_c)^2, the Brier score",
 )
 
@@ -336,6 +370,8 @@ KL_DIVERGENCE = Loss(
     torch=_torch_kl, jax=_jax_kl, numpy=_np_kl,
     options=(Option("log_target", False, lambda v: V.boolean(v, "log_target")),),
     reductions=REDUCTIONS + ("batchmean",), default_reduction="batchmean",
+    fast_args=lambda t, x: (t, False) if _same_layout(t, x) else None,
+    mean_over_elements=True,
     summary="KL(target || softmax(logits))",
 )
 
@@ -357,6 +393,7 @@ ENTROPY = Loss(
     "entropy", "entropy", lambda call, x_user, target, o: Prepared((), call.n_rows),
     _rowwise(lambda x, t, o: reference.entropy(x)),
     torch=_torch_entropy, jax=_jax_entropy, numpy=_np_entropy, target=None,
+    fast_args=lambda t, x: (),
     summary="H(softmax(logits))",
 )
 
@@ -371,6 +408,7 @@ MSE = Loss(
     torch=lambda torch, x, t, o, r: torch.nn.functional.mse_loss(x, t, reduction=r),
     jax=lambda jnp, x, t: ((x - t) ** 2).mean(), numpy=_np_mse,
     input_name="input", elementwise=True, summary="elementwise (input - target)^2",
+    fast_args=_fast_same, mean_over_elements=True,
 )
 
 

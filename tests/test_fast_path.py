@@ -190,3 +190,143 @@ def test_backends_without_the_one_step_entry_agree(reduction, spy, monkeypatch):
     t[5] = 12
     with pytest.raises(IndexError, match="target 12 at position 5"):
         fl.cross_entropy_with_grad(x, t, reduction=reduction)
+
+
+# ------------------------------------------------------------------ the other losses
+# _fast_loss: the same contract for BCE, softmax MSE, KL, entropy and MSE.
+
+# public name -> (forward, fused, the target for logits x, the default options)
+_OTHERS = {
+    "binary_cross_entropy_with_logits": (
+        fl.binary_cross_entropy_with_logits, fl.binary_cross_entropy_with_logits_with_grad,
+        lambda rng, x: rng.random(x.shape).astype(x.dtype), dict(weight=None, pos_weight=None)),
+    "softmax_mse[probabilities]": (
+        fl.softmax_mse, fl.softmax_mse_with_grad,
+        lambda rng, x: rng.dirichlet(np.ones(x.shape[1]), x.shape[0]).astype(x.dtype), {}),
+    "softmax_mse[indices]": (
+        fl.softmax_mse, fl.softmax_mse_with_grad,
+        lambda rng, x: rng.integers(0, x.shape[1], x.shape[0]), {}),
+    "kl_divergence": (
+        fl.kl_divergence, fl.kl_divergence_with_grad,
+        lambda rng, x: rng.dirichlet(np.ones(x.shape[1]), x.shape[0]).astype(x.dtype),
+        dict(log_target=False)),
+    "entropy": (fl.entropy, fl.entropy_with_grad, None, {}),
+    "mse_loss": (fl.mse_loss, fl.mse_loss_with_grad,
+                 lambda rng, x: rng.standard_normal(x.shape).astype(x.dtype), {}),
+}
+
+
+def _general_other(key, want_grad, x, t, reduction, out=None, backend="auto"):
+    name = key.split("[")[0]
+    return _api._loss(name, want_grad, x, t, dict(_OTHERS[key][3]), reduction, backend, None,
+                      None, out)
+
+
+def _call(fn, x, t, **kw):
+    return fn(x, **kw) if t is None else fn(x, t, **kw)
+
+
+@pytest.fixture
+def other_spy(monkeypatch):
+    """Counts the calls _fast_loss answered."""
+    taken = []
+    original = _api._fast_loss
+
+    def wrapped(*args):
+        result = original(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_api, "_fast_loss", wrapped)
+    return taken
+
+
+@pytest.mark.parametrize("key, reduction", [
+    (key, reduction) for key in _OTHERS
+    for reduction in fl._losses.get(key.split("[")[0]).reductions])
+@pytest.mark.parametrize("shape", [(64, 10), (1, 1), (257, 37), (40, 5000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_other_losses_bit_identical_to_the_general_driver(key, shape, dtype, reduction,
+                                                          other_spy):
+    forward, fused, make_target, _ = _OTHERS[key]
+    rng = np.random.default_rng(sum(shape) + len(key))
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    t = None if make_target is None else make_target(rng, x)
+    fast_loss = _call(forward, x, t, reduction=reduction)
+    loss, grad = _call(fused, x, t, reduction=reduction)
+    out = np.full_like(x, np.nan)
+    loss_out, grad_out = _call(fused, x, t, reduction=reduction, out=out)
+    assert other_spy == [True, True, True]
+    want = _general_other(key, False, x, t, reduction)
+    want_loss, want_grad = _general_other(key, True, x, t, reduction)
+    # (the fused kernels' loss may differ from the forward's in the last bit: BCE shares
+    # sigma(x) with the gradient)
+    for got, expected in ((fast_loss, want), (loss, want_loss), (loss_out, want_loss)):
+        assert np.asarray(got).dtype == np.asarray(expected).dtype
+        assert np.shape(got) == np.shape(expected)
+        np.testing.assert_array_equal(got, expected)
+    assert grad_out is out
+    for got in (grad, grad_out):
+        assert got.dtype == x.dtype and got.shape == x.shape
+        np.testing.assert_array_equal(got, want_grad)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("key", list(_OTHERS))
+def test_other_losses_on_a_named_compiled_backend(backend, key, other_spy):
+    from fastloss import _backends
+
+    if not _backends.available(backend):
+        pytest.skip(f"backend {backend!r} is not available here")
+    forward, fused, make_target, _ = _OTHERS[key]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3000, 70)).astype(np.float32)  # above the one-thread size
+    t = None if make_target is None else make_target(rng, x)
+    loss = _call(forward, x, t, backend=backend)
+    loss_g, grad = _call(fused, x, t, backend=backend, n_threads=2)
+    assert other_spy == [True, True]
+    np.testing.assert_array_equal(loss, _general_other(key, False, x, t, "mean" if key !=
+                                  "kl_divergence" else "batchmean", backend=backend))
+    want_loss, want_grad = _general_other(key, True, x, t, "mean" if key != "kl_divergence"
+                                          else "batchmean", backend=backend)
+    np.testing.assert_array_equal(loss_g, want_loss)
+    np.testing.assert_array_equal(grad, want_grad)
+
+
+@pytest.mark.parametrize("key, call", [
+    ("binary_cross_entropy_with_logits", lambda f, x, t: f(x, t, pos_weight=np.ones(6))),
+    ("binary_cross_entropy_with_logits", lambda f, x, t: f(x, t.astype(np.float64))),
+    ("kl_divergence", lambda f, x, t: f(x, np.log(t), log_target=True)),
+    ("mse_loss", lambda f, x, t: f(x, np.asfortranarray(t))),
+    ("mse_loss", lambda f, x, t: f(x.reshape(2, 3, 6), t.reshape(2, 3, 6))),
+    ("mse_loss", lambda f, x, t: f(x, t, backend="numpy")),
+    ("entropy", lambda f, x, t: f(x[:, ::2])),
+    ("softmax_mse[indices]", lambda f, x, t: f(x, np.array([0, 1, 2, 3, 4, -100]))),
+])
+def test_other_calls_take_the_general_path_and_agree(key, call, other_spy):
+    """Options, a converted or strided target, N-D logits, another backend: the general
+    driver, with the same answer as the float64 reference up to float32 rounding (or its
+    error)."""
+    forward = _OTHERS[key][0]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 6)).astype(np.float32)
+    t = rng.dirichlet(np.ones(6), 6).astype(np.float32)
+    if key == "softmax_mse[indices]":
+        with pytest.raises(IndexError, match="-100"):
+            call(forward, x, t)
+    else:
+        call(forward, x, t)
+    assert not any(other_spy)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(reduction="avg"), "reduction"),
+    (dict(n_threads=0), "n_threads"),
+    (dict(out=np.empty((6, 5), np.float32)), "out"),
+])
+def test_other_losses_bad_arguments_raise_as_before(bad, message):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 6)).astype(np.float32)
+    t = rng.standard_normal((6, 6)).astype(np.float32)
+    with pytest.raises((TypeError, ValueError), match=message):
+        fl.mse_loss_with_grad(x, t, **bad)
