@@ -259,8 +259,7 @@ def test_other_losses_bit_identical_to_the_general_driver(key, shape, dtype, red
     assert other_spy == [True, True, True]
     want = _general_other(key, False, x, t, reduction)
     want_loss, want_grad = _general_other(key, True, x, t, reduction)
-    # (the fused kernels' loss may differ from the forward's in the last bit: BCE shares
-    # sigma(x) with the gradient)
+    # (a fused kernel's loss may differ from the forward's in the last bit: BCE at 1 x 1)
     for got, expected in ((fast_loss, want), (loss, want_loss), (loss_out, want_loss)):
         assert np.asarray(got).dtype == np.asarray(expected).dtype
         assert np.shape(got) == np.shape(expected)
