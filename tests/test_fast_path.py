@@ -22,19 +22,24 @@ def _general(want_grad, logits, target, reduction="mean", out=None, n_threads=No
                       n_threads, None, out)
 
 
-@pytest.fixture
-def spy(monkeypatch):
-    """Counts the calls the short path answered."""
+def _spy_on(monkeypatch, name):
+    """Records, for each call of ``_api.<name>``, whether the short path answered it."""
     taken = []
-    original = _api._fast_cross_entropy
+    original = getattr(_api, name)
 
     def wrapped(*args):
         result = original(*args)
         taken.append(result is not None)
         return result
 
-    monkeypatch.setattr(_api, "_fast_cross_entropy", wrapped)
+    monkeypatch.setattr(_api, name, wrapped)
     return taken
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the calls the cross-entropy short path answered."""
+    return _spy_on(monkeypatch, "_fast_cross_entropy")
 
 
 @pytest.mark.parametrize("shape", [(64, 10), (1, 1), (3, 1), (257, 37), (40, 5000)])
@@ -229,16 +234,7 @@ def _call(fn, x, t, **kw):
 @pytest.fixture
 def other_spy(monkeypatch):
     """Counts the calls _fast_loss answered."""
-    taken = []
-    original = _api._fast_loss
-
-    def wrapped(*args):
-        result = original(*args)
-        taken.append(result is not None)
-        return result
-
-    monkeypatch.setattr(_api, "_fast_loss", wrapped)
-    return taken
+    return _spy_on(monkeypatch, "_fast_loss")
 
 
 @pytest.mark.parametrize("key, reduction", [
