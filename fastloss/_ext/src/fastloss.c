@@ -1,13 +1,20 @@
 /* fastloss C kernels: one skeleton per kernel shape, a hook per loss (kernels.inc),
  * instantiated here per dtype (float, double) and vector width.
  *
- * Built twice from the same sources: into the Python extension (the "cython" backend) and
+ * Compiled once and linked twice: into the Python extension (the "cython" backend) and
  * into libfastloss.so, the C API of include/fastloss.h (api.c).  Compiled with -O3 and
  * without -ffast-math: -inf and NaN are meaningful here.  Vectorisation comes from
  * `#pragma omp simd` (reductions included; -fopenmp-simd, no OpenMP runtime) and from exp
  * written as plain arithmetic, the same range reduction and polynomial as the Numba backend:
  * portable (no libmvec, so also musl and macOS) and the same numbers on both backends.
  * Rows run in parallel through fl_parallel_rows (threads.c).
+ *
+ * FL_PART picks what one compilation of this file emits, so that the build can compile the
+ * float and the double kernels at once (fastloss_f32.c and fastloss_f64.c, on two cores):
+ * 0 (the default) everything; 32 the float kernels, the 16-bit entry points and the
+ * functions that take no dtype; 64 the double kernels.  Both parts include both dtypes (the
+ * float kernels inline the double row helpers, FN64); a dtype the part does not emit is
+ * compiled FL_DROPPED, which the compiler removes unread since nothing calls it.
  */
 #include <math.h>
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -33,6 +40,13 @@
 #else
 #define FL_CLONES
 #endif
+
+#ifndef FL_PART
+#define FL_PART 0
+#endif
+#define FL_EMIT_F32 (FL_PART != 64)
+#define FL_EMIT_F64 (FL_PART != 32)
+#define FL_DROPPED static __attribute__((unused))
 
 /* Every row helper is inlined into the cloned chunk functions: a helper left out of line
    would be compiled once, for the baseline CPU, and the clones would call it. */
@@ -466,7 +480,11 @@ FL_INLINE void stream_scale_f64_wide(double *dst, const double *src, int64_t n, 
 }
 
 #define FL_WIDE_PASS 1
+#if FL_EMIT_F64
 #define FL_CHUNK static
+#else
+#define FL_CHUNK FL_DROPPED
+#endif
 #define T double
 #define TN(name) CAT(name, f64)
 #define EXP exp_f64
@@ -483,6 +501,12 @@ FL_INLINE void stream_scale_f64_wide(double *dst, const double *src, int64_t n, 
 #undef LOG
 #undef LOG1P_UNIT
 #undef FN
+#undef FL_CHUNK
+#if FL_EMIT_F32
+#define FL_CHUNK static
+#else
+#define FL_CHUNK FL_DROPPED
+#endif
 #define T float
 #define TN(name) CAT(name, f32)
 #define EXP exp_f32
@@ -511,7 +535,15 @@ static int fl_use_wide(int64_t c) {
 static int fl_wide_allowed(void) { return 0; }
 #endif
 
+#if FL_EMIT_F64
 #define FL_CHUNK FL_CLONES static
+#define FL_ENTRY
+#define EN(name) CAT(name, f64)
+#else
+#define FL_CHUNK FL_DROPPED
+#define FL_ENTRY FL_DROPPED
+#define EN(name) CAT(name, f64_dropped)
+#endif
 #define T double
 #define TN(name) CAT(name, f64)
 #define EXP exp_f64
@@ -534,6 +566,18 @@ static int fl_wide_allowed(void) { return 0; }
 #undef LOG1P_UNIT
 #undef FN
 #undef FNW
+#undef FL_CHUNK
+#undef FL_ENTRY
+#undef EN
+#if FL_EMIT_F32
+#define FL_CHUNK FL_CLONES static
+#define FL_ENTRY
+#define EN(name) CAT(name, f32)
+#else
+#define FL_CHUNK FL_DROPPED
+#define FL_ENTRY FL_DROPPED
+#define EN(name) CAT(name, f32_dropped)
+#endif
 #define T float
 #define TN(name) CAT(name, f32)
 #define EXP exp_f32
@@ -557,7 +601,10 @@ static int fl_wide_allowed(void) { return 0; }
 #undef FNW
 #undef FN64
 #undef FL_CHUNK
+#undef FL_ENTRY
+#undef EN
 
+#if FL_EMIT_F32
 /* ------------------------------------------------------------------ 16-bit logits
  *
  * bfloat16 and float16 logits (and their gradient) are read and written in their own 16-bit
@@ -752,3 +799,4 @@ int fl_wide_vectors(void) {
     return 0;
 #endif
 }
+#endif /* FL_EMIT_F32 */
