@@ -180,39 +180,49 @@ def _fast_module(backend):
     return None
 
 
-def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad, out):
-    """The common call, with fewer steps: C-contiguous 2-D float32/float64 logits in native
-    byte order, a 1-D int64 array of class indices all in ``[0, C)``, default options, no
-    ``grad_output``, ``backend="auto"`` resolving to a CPU backend or a compiled CPU backend
-    named outright (``"cython"``, ``"numba"``).  Returns what
-    :func:`_loss` would (bit for bit: the same kernel and the same reduction), or ``None``
-    when the call is not that common case; the general driver then validates it (and raises
-    the errors).  Every check of the general path that can fail for such a call is made here
-    too (``out``'s shape, dtype, layout and writeability; ``n_threads``; ``reduction``)."""
-    if (type(logits) is not np.ndarray or type(target) is not np.ndarray
-            or logits.ndim != 2 or target.ndim != 1 or target.dtype != _INT64
+def _fast_setup(logits, reduction, reductions, backend, n_threads, out):
+    """The checks every short path makes on what is not the target: 2-D C-contiguous
+    float32/float64 logits in native byte order, not empty; ``reduction`` one of
+    ``reductions``; ``n_threads`` None or a positive int; ``out`` None or an array of the
+    logits' shape and dtype, C-contiguous and writeable; a CPU backend (:func:`_fast_module`).
+    Returns ``(module, threads)``, or None when the call is not the common case."""
+    if (type(logits) is not np.ndarray or logits.ndim != 2
             or logits.dtype not in _FAST_DTYPES or not logits.flags.c_contiguous
-            or not target.flags.c_contiguous
-            or reduction not in _FAST_REDUCTIONS
+            or type(reduction) is not str or reduction not in reductions
             or (n_threads is not None and (type(n_threads) is not int or n_threads < 1))):
         return None
-    module = _fast_module(backend)
-    if module is None:
-        return None
     n_rows, n_cols = logits.shape
-    if n_rows == 0 or n_cols == 0 or target.shape[0] != n_rows:
+    if n_rows == 0 or n_cols == 0:
         return None
     if out is not None and (type(out) is not np.ndarray or out.shape != logits.shape
                             or out.dtype != logits.dtype or not out.flags.c_contiguous
                             or not out.flags.writeable):
         return None
+    module = _fast_module(backend)
+    if module is None:
+        return None
     # below MIN_PARALLEL_ELEMENTS the kernels run on one thread whatever they are given (the
     # results never depend on the thread count): skip asking the OS for the core count
     small = n_rows * n_cols < MIN_PARALLEL_ELEMENTS
-    threads = n_threads or (1 if small else _backends.default_threads())
+    return module, n_threads or (1 if small else _backends.default_threads())
+
+
+def _fast_cross_entropy(logits, target, reduction, backend, n_threads, want_grad, out):
+    """The common call, with fewer steps: the logits, ``out``, ``n_threads`` and backend of
+    :func:`_fast_setup`, a 1-D C-contiguous int64 array of class indices all in ``[0, C)``,
+    default options, no ``grad_output``.  Returns what :func:`_loss` would (bit for bit: the
+    same kernel and the same reduction), or ``None`` when the call is not that common case;
+    the general driver then validates it (and raises the errors).  Every check of the general
+    path that can fail for such a call is made here too."""
+    setup = _fast_setup(logits, reduction, _FAST_REDUCTIONS, backend, n_threads, out)
+    if (setup is None or type(target) is not np.ndarray or target.ndim != 1
+            or target.dtype != _INT64 or not target.flags.c_contiguous
+            or target.shape[0] != logits.shape[0]):
+        return None
+    module, threads = setup
     grad = None
     if want_grad:
-        grad = out if out is not None else np.empty((n_rows, n_cols), logits.dtype)
+        grad = out if out is not None else np.empty(logits.shape, logits.dtype)
     loss = _fast_cross_entropy_run(logits, target, reduction, threads, grad, module)
     if loss is None:
         return None
@@ -255,28 +265,17 @@ def _fast_loss(name, logits, target, reduction, backend, n_threads, want_grad, o
     indices for softmax MSE), a CPU backend as for cross-entropy.  Returns what :func:`_loss`
     would (bit for bit: the same kernel call and the same reduction), or ``None`` when the
     call is not that common case; the general driver then validates it (and raises the
-    errors).  Every check of the general path that can fail for such a call is made here."""
+    errors).  Every check of the general path that can fail for such a call is made here
+    (:func:`_fast_setup`'s and the loss's ``fast_args``)."""
     spec = _losses.get(name)
-    if (type(logits) is not np.ndarray or logits.ndim != 2
-            or logits.dtype not in _FAST_DTYPES or not logits.flags.c_contiguous
-            or type(reduction) is not str or reduction not in spec.reductions
-            or (n_threads is not None and (type(n_threads) is not int or n_threads < 1))):
-        return None
-    n_rows, n_cols = logits.shape
-    if n_rows == 0 or n_cols == 0:
+    setup = _fast_setup(logits, reduction, spec.reductions, backend, n_threads, out)
+    if setup is None:
         return None
     args = spec.fast_args(target, logits)
     if args is None:
         return None
-    module = _fast_module(backend)
-    if module is None:
-        return None
-    if out is not None and (type(out) is not np.ndarray or out.shape != logits.shape
-                            or out.dtype != logits.dtype or not out.flags.c_contiguous
-                            or not out.flags.writeable):
-        return None
-    small = n_rows * n_cols < MIN_PARALLEL_ELEMENTS  # as in _fast_cross_entropy
-    threads = n_threads or (1 if small else _backends.default_threads())
+    module, threads = setup
+    n_rows = logits.shape[0]
     mean = reduction in ("mean", "batchmean")
     # the general driver's denominator (the losses' prepare) and gradient scale
     value = 1.0 / (logits.size if reduction == "mean" and spec.mean_over_elements
