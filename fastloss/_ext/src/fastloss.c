@@ -215,9 +215,14 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
  * place, the lines are already read): linear_row's exp goes into a scratch row that stays
  * in cache,
  * and its last pass writes gradient = scratch * factor by stream_scale (same products, same
- * bits): 3-15% faster at 2048 x 32768 and 512 x 128256 on 2 threads.  The other softmax
+ * bits): 3-15% faster at 2048 x 32768 and 512 x 128256 on 2 threads with the 512-bit kernels
+ * (AMD Zen 5).  Where the 256-bit kernels run, the cross-entropy does not stream: on an AMD
+ * Zen 3 (AVX2, no AVX-512) its fused pass at 2048 x 32768 float32, 2 threads, took 49-56 ms
+ * streaming (128-bit stores) and 33-34 ms without.  The other softmax
  * losses compute their gradient over the stored exp in more than one pass; streaming it
- * needs one more pass over the row, and that made them 6-16% slower, so they do not. */
+ * needs one more pass over the row, and that made them 6-16% slower, so they do not.
+ * (16-bit gradients are streamed by their rounding pass, fl_half_store: on the Zen 3 that
+ * measured the same as ordinary stores, within the noise.) */
 #define FL_STREAM_BYTES (16 << 20) /* gradients from 16 MiB: well past the L2 */
 #define FL_STREAM_C 1024           /* rows of at least this many classes */
 
