@@ -1,12 +1,13 @@
 """Cross-entropy's streaming stores (fastloss.c, ``fl_streams``): a gradient of 16 MiB or
 more with rows of 1024 classes or more, written into an ``out`` that is not the logits, is
-written by streaming stores from a scratch row.  It must be the gradient of the ordinary
+written by streaming stores from a scratch row where the 512-bit kernels run (on a CPU
+without AVX-512 the float ones write it with ordinary stores).  It must be the gradient of the ordinary
 path bit for bit: the same logits computed in place (``out=logits``, which never streams)
 give the reference here (the cases with class indices and neither label smoothing nor a
 transform stream; the others, and the other losses, which do not, are held to the same
 identity at the same size; with 16-bit logits every loss streams, BCE and MSE tile by tile).  Row lengths that are not a multiple of the vector width,
 so that rows start at every alignment, and an ``out`` off the element grid's 16-byte
-alignment; poisoned, impossible and ignored rows; one and two threads; the 128-bit stores
+alignment; poisoned, impossible and ignored rows; one and two threads; the 256-bit kernels
 of CPUs without AVX-512 (``FASTLOSS_NO_AVX512=1``, in a child process)."""
 
 from __future__ import annotations
@@ -141,10 +142,11 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def test_the_128_bit_streaming_stores(tmp_path):
-    """FASTLOSS_NO_AVX512=1: long rows on the 256-bit variant, whose streaming stores are
-    SSE2's 128-bit ones; the same bits as the in-place call of the same variant (the two
-    variants may differ in the last bits: their sums are in a different order)."""
+def test_the_256_bit_kernels_into_out(tmp_path):
+    """FASTLOSS_NO_AVX512=1: long rows on the 256-bit variant, which does not stream; into
+    an ``out``, on the cache-line grid or off it, the same bits as the in-place call of the
+    same variant (the two variants may differ in the last bits: their sums are in a
+    different order)."""
     path = tmp_path / "narrow.npz"
     env = dict(os.environ, FASTLOSS_NO_AVX512="1")
     subprocess.run([sys.executable, "-c", _CHILD, str(path), os.path.dirname(__file__)],

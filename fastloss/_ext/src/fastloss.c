@@ -211,14 +211,13 @@ static void fl_scratch_close(fl_scratch *s) { free(s->heap); }
  * logits' bytes: the logits, the gradient's old contents, the gradient.  Streaming stores
  * write whole lines without reading them, as memcpy does for large copies.  Cross-entropy
  * with class indices and without label smoothing, softcap or temperature (linear_rows)
- * uses them on x86-64 when the gradient is large and is not the logits' own storage (in
- * place, the lines are already read): linear_row's exp goes into a scratch row that stays
- * in cache,
- * and its last pass writes gradient = scratch * factor by stream_scale (same products, same
- * bits): 3-15% faster at 2048 x 32768 and 512 x 128256 on 2 threads with the 512-bit kernels
- * (AMD Zen 5).  Where the 256-bit kernels run, the cross-entropy does not stream: on an AMD
- * Zen 3 (AVX2, no AVX-512) its fused pass at 2048 x 32768 float32, 2 threads, took 49-56 ms
- * streaming (128-bit stores) and 33-34 ms without.  The other softmax
+ * uses them in its 512-bit kernels when the gradient is large and is not the logits' own
+ * storage (in place, the lines are already read): linear_row's exp goes into a scratch row
+ * that stays in cache, and its last pass writes gradient = scratch * factor by
+ * stream_scale_*_wide (same products, same bits): 3-15% faster at 2048 x 32768 and
+ * 512 x 128256 on 2 threads (AMD Zen 5).  The 256-bit kernels do not stream: on an AMD
+ * Zen 3 (AVX2, no AVX-512) the fused pass at 2048 x 32768 float32, 2 threads, took 49-56 ms
+ * with 128-bit streaming stores and 33-34 ms without.  The other softmax
  * losses compute their gradient over the stored exp in more than one pass; streaming it
  * needs one more pass over the row, and that made them 6-16% slower, so they do not.
  * (16-bit gradients are streamed by their rounding pass, fl_half_store: on the Zen 3 that
@@ -238,36 +237,9 @@ static int fl_streams(int64_t n, int64_t c, size_t size, const void *x, const vo
 }
 
 #if FL_HAVE_STREAMS
-/* 128-bit streaming stores: in every x86-64 CPU (SSE2), so in every clone.  They start at
-   a cache line (the head goes through ordinary stores), so that whole lines are streamed
-   but for the row's last one. */
-FL_INLINE void stream_scale_f32(float *dst, const float *src, int64_t n, float k) {
-    int64_t j = 0;
-    for (; j < n && ((uintptr_t)(dst + j) & 63) != 0; ++j) dst[j] = src[j] * k;
-    const __m128 kv = _mm_set1_ps(k);
-    for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_mul_ps(_mm_loadu_ps(src + j), kv));
-    for (; j < n; ++j) dst[j] = src[j] * k;
-}
-
-FL_INLINE void stream_scale_f64(double *dst, const double *src, int64_t n, double k) {
-    int64_t j = 0;
-    for (; j < n && ((uintptr_t)(dst + j) & 63) != 0; ++j) dst[j] = src[j] * k;
-    const __m128d kv = _mm_set1_pd(k);
-    for (; j + 2 <= n; j += 2) _mm_stream_pd(dst + j, _mm_mul_pd(_mm_loadu_pd(src + j), kv));
-    for (; j < n; ++j) dst[j] = src[j] * k;
-}
-
 /* Streaming stores are weakly ordered: fenced before a chunk returns to its thread's join. */
 FL_INLINE void fl_stream_fence(void) { _mm_sfence(); }
 #else
-FL_INLINE void stream_scale_f32(float *dst, const float *src, int64_t n, float k) {
-    for (int64_t j = 0; j < n; ++j) dst[j] = src[j] * k;
-}
-
-FL_INLINE void stream_scale_f64(double *dst, const double *src, int64_t n, double k) {
-    for (int64_t j = 0; j < n; ++j) dst[j] = src[j] * k;
-}
-
 FL_INLINE void fl_stream_fence(void) {}
 #endif
 
@@ -465,7 +437,10 @@ static int fl_use_wide(int64_t c) {
 
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4", "prefer-vector-width=512")
-/* stream_scale in 512-bit vectors: one store per cache line */
+/* dst = src * k by 512-bit streaming stores, one per cache line (the cross-entropy's
+   streamed gradient: kernels.inc, scale_blocks).  They start at a cache line (the head
+   goes through ordinary stores), so that whole lines are streamed but for the row's last
+   one. */
 FL_INLINE void stream_scale_f32_wide(float *dst, const float *src, int64_t n, float k) {
     int64_t j = 0;
     for (; j < n && ((uintptr_t)(dst + j) & 63) != 0; ++j) dst[j] = src[j] * k;
