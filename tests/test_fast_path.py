@@ -42,6 +42,20 @@ def spy(monkeypatch):
     return _spy_on(monkeypatch, "_fast_cross_entropy")
 
 
+def _assert_same_loss(got, expected):
+    assert np.asarray(got).dtype == np.asarray(expected).dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def _assert_grads(x, grad, grad_out, out, want_grad):
+    """The gradients without and with ``out=``: the second is ``out``; both are the general
+    driver's, bit for bit, in the logits' dtype and shape."""
+    assert grad_out is out
+    for got in (grad, grad_out):
+        assert got.dtype == x.dtype and got.shape == x.shape
+        np.testing.assert_array_equal(got, want_grad)
+
+
 @pytest.mark.parametrize("shape", [(64, 10), (1, 1), (3, 1), (257, 37), (40, 5000)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -57,13 +71,9 @@ def test_bit_identical_to_the_general_driver(shape, dtype, reduction, spy):
     want = _general(False, x, t, reduction)
     want_loss, want_grad = _general(True, x, t, reduction)
     for got in (fast_loss, loss, loss_out):
-        assert np.asarray(got).dtype == np.asarray(want).dtype
-        np.testing.assert_array_equal(got, want)
+        _assert_same_loss(got, want)
     np.testing.assert_array_equal(want_loss, want)
-    assert grad_out is out
-    for got in (grad, grad_out):
-        assert got.dtype == x.dtype and got.shape == x.shape
-        np.testing.assert_array_equal(got, want_grad)
+    _assert_grads(x, grad, grad_out, out, want_grad)
 
 
 @pytest.mark.parametrize("backend", ["cython", "numba"])
@@ -257,13 +267,9 @@ def test_other_losses_bit_identical_to_the_general_driver(key, shape, dtype, red
     want_loss, want_grad = _general_other(key, True, x, t, reduction)
     # (a fused kernel's loss may differ from the forward's in the last bit: BCE at 1 x 1)
     for got, expected in ((fast_loss, want), (loss, want_loss), (loss_out, want_loss)):
-        assert np.asarray(got).dtype == np.asarray(expected).dtype
         assert np.shape(got) == np.shape(expected)
-        np.testing.assert_array_equal(got, expected)
-    assert grad_out is out
-    for got in (grad, grad_out):
-        assert got.dtype == x.dtype and got.shape == x.shape
-        np.testing.assert_array_equal(got, want_grad)
+        _assert_same_loss(got, expected)
+    _assert_grads(x, grad, grad_out, out, want_grad)
 
 
 @pytest.mark.parametrize("backend", ["cython", "numba"])
