@@ -244,8 +244,7 @@ def _fast_cross_entropy_run(logits, target, reduction, threads, grad, module=Non
         if loss_rows is None:
             return None
     else:
-        # negative indices become huge unsigned ones: one comparison checks both bounds
-        if int(target.view(np.uint64).max()) >= n_cols:
+        if not V.indices_below(target, n_cols):
             return None
         loss_rows = np.empty(n_rows)
         scale = np.full(n_rows, value) if grad is not None else None

@@ -19,6 +19,8 @@ import numpy as np
 from . import _validate as V
 from . import reference
 
+_INT64 = np.dtype(np.int64)
+
 REDUCTIONS = V.REDUCTIONS
 
 
@@ -305,13 +307,10 @@ def _fast_softmax_mse(target, x):
         return (target,)
     if (type(target) is np.ndarray and target.dtype == _INT64 and target.ndim == 1
             and target.shape[0] == x.shape[0] and target.flags.c_contiguous
-            # negative indices become huge unsigned ones: one comparison checks both bounds
-            and int(target.view(np.uint64).max()) < x.shape[1]):
+            and V.indices_below(target, x.shape[1])):
         return (target,)
     return None
 
-
-_INT64 = np.dtype(np.int64)
 
 
 def _torch_softmax_mse(torch, x, target, o, reduction):

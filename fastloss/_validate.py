@@ -178,6 +178,13 @@ def is_probability_target(target, logits) -> bool:
     return is_float_dtype(arr.dtype) and tuple(arr.shape) == tuple(logits.shape)
 
 
+def indices_below(target: np.ndarray, n_classes: int) -> bool:
+    """Whether every value of a non-empty int64 array is in ``[0, n_classes)`` (the short
+    paths' check; negative values become huge unsigned ones, so one comparison checks both
+    bounds)."""
+    return int(target.view(np.uint64).max()) < n_classes
+
+
 def class_target(target, logits, ignore_index: int | None) -> np.ndarray:
     """Integer class indices of shape ``logits.shape[:-1]``, returned flat as int64.
 
