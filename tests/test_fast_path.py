@@ -207,6 +207,42 @@ def test_backends_without_the_one_step_entry_agree(reduction, spy, monkeypatch):
         fl.cross_entropy_with_grad(x, t, reduction=reduction)
 
 
+
+def test_the_one_step_entry_refuses_arrays_it_cannot_read():
+    """``cross_entropy_index_fast`` takes its arrays through the buffer protocol: a shape or
+    item size that does not match, a non-contiguous array or a read-only gradient is refused
+    before anything is written, never read as if it fitted."""
+    _cython = pytest.importorskip("fastloss._ext._cython")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    t = rng.integers(0, 5, 6)
+    grad = np.zeros_like(x)
+    loss = _cython.cross_entropy_index_fast(x, t, grad, 1.0, 1)
+    want_loss, want_grad = _general(True, x, t, reduction="none", backend="cython")
+    np.testing.assert_array_equal(loss.astype(np.float32), want_loss)
+    np.testing.assert_array_equal(grad, want_grad)
+    bad = {
+        "a target of the wrong length": (x, t[:5], None),
+        "32-bit targets": (x, t.astype(np.int32), None),
+        "a gradient of another shape": (x, t, np.zeros((6, 4), np.float32)),
+        "a gradient of another dtype": (x, t, np.zeros((6, 5), np.float64)),
+        "3-D logits": (x.reshape(6, 5, 1), t, None),
+    }
+    for what, (xx, tt, gg) in bad.items():
+        before = None if gg is None else gg.copy()
+        with pytest.raises(ValueError, match="wrong shape or dtype"):
+            _cython.cross_entropy_index_fast(xx, tt, gg, 1.0, 1)
+        if gg is not None:
+            np.testing.assert_array_equal(gg, before, err_msg=what)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        _cython.cross_entropy_index_fast(np.asfortranarray(np.ones((6, 5), np.float32)), t,
+                                         None, 1.0, 1)
+    read_only = np.zeros_like(x)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _cython.cross_entropy_index_fast(x, t, read_only, 1.0, 1)
+    assert not read_only.any()
+
 # ------------------------------------------------------------------ the other losses
 # _fast_loss: the same contract for BCE, softmax MSE, KL, entropy and MSE.
 
