@@ -1,0 +1,112 @@
+"""An earlier build of the C backend against this one, in one process, the calls alternating.
+
+    python benches/paired.py OLD_TREE [--loss cross_entropy,kl_divergence]
+                             [--shapes 2048x32768,8192x1000] [--threads 2] [--rounds 9]
+
+OLD_TREE is a checkout of the earlier commit with its extension built in place
+(``git worktree add ../old REV && cd ../old && python setup.py build_ext --inplace``); the new
+build is the ``fastloss`` this Python imports.  Both ``_cython`` extensions are loaded side by
+side, and the public functions run on either in turn (``backend="cython"``).  Each round
+times every workload once on the old build and once on the new, and the best of the rounds
+is kept: a machine whose speed drifts between two ``python -m fastloss bench`` runs moves
+both builds alike here.  It prints new/old for each (loss, mode, shape), and for the
+per-call line of ``python -m fastloss bench`` (64x10, fused into ``out=``).  The two builds
+must share the kernel protocol (the Python side is this tree's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import sys
+import time
+
+import numpy as np
+
+from fastloss import _backends
+from fastloss._bench import ALL_LOSSES, _dtype, parse_shapes
+from fastloss._registry import CASES_BY_ID
+
+
+def _load_old(tree):
+    paths = glob.glob(os.path.join(tree, "fastloss", "_ext", "_cython.*"))
+    paths = [p for p in paths if p.endswith((".so", ".pyd"))]
+    if not paths:
+        sys.exit(f"no built fastloss/_ext/_cython extension under {tree}: build it in place")
+    spec = importlib.util.spec_from_file_location("fastloss_old._cython", paths[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _best(fn, best):
+    start = time.perf_counter()
+    fn()
+    return min(best, time.perf_counter() - start)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old_tree")
+    parser.add_argument("--loss", default="cross_entropy", help="comma-separated losses")
+    parser.add_argument("--shapes", default="2048x32768,8192x1000,65536x10")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=9)
+    options = parser.parse_args(argv)
+
+    new = _backends._load("cython")[0]
+    if new is None:
+        sys.exit("the cython backend of this tree is not built")
+    builds = {"old": _load_old(options.old_tree), "new": new}
+    wanted = options.loss.split(",")
+    cases = [CASES_BY_ID[c] for c in ALL_LOSSES if CASES_BY_ID[c].loss in wanted]
+    if not cases:
+        sys.exit(f"no loss among {wanted}")
+    rng = np.random.default_rng(0)
+    work = []
+    for case in cases:
+        for shape in parse_shapes(options.shapes):
+            logits, args, kwargs = case.inputs(rng, shape, _dtype(options.dtype))
+            out = np.empty_like(logits)
+            kw = dict(kwargs, backend="cython", n_threads=options.threads)
+            work.append((f"{case.loss} fused {shape[0]}x{shape[1]}",
+                         lambda c=case, x=logits, a=args, k=kw, o=out: c.with_grad(x, *a, **k,
+                                                                                  out=o)))
+            work.append((f"{case.loss} forward {shape[0]}x{shape[1]}",
+                         lambda c=case, x=logits, a=args, k=kw: c.forward(x, *a, **k)))
+    import fastloss
+
+    x = rng.standard_normal((64, 10)).astype(np.float32)
+    t = rng.integers(0, 10, 64)
+    out = np.empty_like(x)
+
+    def per_call():
+        for _ in range(2000):
+            fastloss.cross_entropy_with_grad(x, t, out=out)
+    work.append(("per call 64x10, fused, auto", per_call))
+
+    best = {(name, b): float("inf") for name, _ in work for b in builds}
+    saved = _backends._cache["cython"]
+    try:
+        for _ in range(options.rounds):
+            for name, fn in work:
+                for b, module in builds.items():
+                    _backends._cache["cython"] = (module, "available")
+                    fn()  # warm: caches, page faults of the output
+                    best[name, b] = _best(fn, best[name, b])
+    finally:
+        _backends._cache["cython"] = saved
+    print(f"{options.dtype}, threads {options.threads or 'all'}, best of {options.rounds} "
+          f"rounds; old: {options.old_tree}")
+    for name, _ in work:
+        old, new_t = best[name, "old"], best[name, "new"]
+        scale, unit = (1e6 / 2000, "us") if name.startswith("per call") else (1e3, "ms")
+        print(f"{name:36s} old {old * scale:9.3f} {unit}  new {new_t * scale:9.3f} {unit}  "
+              f"new/old {new_t / old:.3f}")
+
+
+if __name__ == "__main__":
+    main()
