@@ -160,6 +160,17 @@ def _default_ce_options(weight, ignore_index, label_smoothing, z_loss, softcap, 
             and _is(temperature, 1.0))
 
 
+_ADD_REDUCE = np.add.reduce
+
+
+def _sum_f64(rows) -> float:
+    """The short paths' sum of their float64 loss rows: ``_reduce``'s ``np.sum(rows,
+    dtype=np.float64)``, the same ufunc reduction in the same order, called directly
+    (``np.sum`` with its dtype argument took 2.4 of the 11.2 us of a fused entropy call at
+    64 x 10, float32)."""
+    return float(_ADD_REDUCE(rows))
+
+
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
 _FAST_REDUCTIONS = ("mean", "sum", "none")
@@ -252,8 +263,8 @@ def _fast_cross_entropy_run(logits, target, reduction, threads, grad, module=Non
                              scale, loss_rows, None, grad, threads)
     if reduction == "none":
         return loss_rows.astype(logits.dtype)
-    # the float64 sum of _reduce, in the same order (ndarray.sum is np.sum's reduce)
-    return logits.dtype.type(float(loss_rows.sum()) * value)  # value: 1 / n_rows for "mean"
+    # the float64 sum of _reduce, in the same order (_sum_f64)
+    return logits.dtype.type(_sum_f64(loss_rows) * value)  # value: 1 / n_rows for "mean"
 
 
 def _fast_loss(name, logits, target, reduction, backend, n_threads, want_grad, out):
@@ -290,7 +301,7 @@ def _fast_loss(name, logits, target, reduction, backend, n_threads, want_grad, o
     if reduction == "none":
         loss = loss_rows.astype(logits.dtype)
     else:  # _reduce and _as_result: the float64 sum in the same order, then the mean
-        total = float(np.sum(loss_rows, dtype=np.float64))
+        total = _sum_f64(loss_rows)
         loss = logits.dtype.type(total * value if mean else total)
     return (loss, grad) if want_grad else loss
 
