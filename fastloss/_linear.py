@@ -399,8 +399,9 @@ def _describe(value) -> str:
 
 class _ModuleArrays(_HostArrays):
     """GPU arrays of a NumPy-like module (CuPy): buffers and products on that module
-    (:class:`_Products` on its matmul, as NumPy's path without SciPy), the cross-entropy on fastloss's cuda backend, which reads the
-    arrays in place through ``__cuda_array_interface__``.  The results are arrays of that
+    (:class:`_Products` on its matmul, as NumPy's path without SciPy), the cross-entropy on
+    fastloss's cuda backend, which reads the arrays in place through
+    ``__cuda_array_interface__``.  The results are arrays of that
     module.  The tests run this class with NumPy as the module."""
 
     def __init__(self, xp, on_gpu: bool):
@@ -579,7 +580,7 @@ def _reduce(p: _Problem, loss_rows: np.ndarray):
     result's dtype: :meth:`_HostArrays.loss`)."""
     if p.reduction == "none":
         return loss_rows.reshape(p.batch_shape)
-    total = float(np.sum(loss_rows, dtype=np.float64))
+    total = _api._sum_f64(loss_rows)
     if p.reduction == "sum":
         return np.float64(total)
     inv_denominator = 1.0 / p.denominator if p.denominator else math.inf

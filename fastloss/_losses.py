@@ -312,7 +312,6 @@ def _fast_softmax_mse(target, x):
     return None
 
 
-
 def _torch_softmax_mse(torch, x, target, o, reduction):
     if target.shape != x.shape:
         target = torch.nn.functional.one_hot(target.long(), x.shape[-1]).to(x.dtype)

@@ -207,7 +207,6 @@ def test_backends_without_the_one_step_entry_agree(reduction, spy, monkeypatch):
         fl.cross_entropy_with_grad(x, t, reduction=reduction)
 
 
-
 def test_the_one_step_entry_refuses_arrays_it_cannot_read():
     """``cross_entropy_index_fast`` takes its arrays through the buffer protocol: a shape or
     item size that does not match, a non-contiguous array or a read-only gradient is refused
@@ -242,6 +241,7 @@ def test_the_one_step_entry_refuses_arrays_it_cannot_read():
     with pytest.raises(ValueError, match="read-only"):
         _cython.cross_entropy_index_fast(x, t, read_only, 1.0, 1)
     assert not read_only.any()
+
 
 # ------------------------------------------------------------------ the other losses
 # _fast_loss: the same contract for BCE, softmax MSE, KL, entropy and MSE.

@@ -2,9 +2,10 @@
 """The ``cython`` backend: the kernel protocol (docs/design.md section 2) over the C kernels.
 
 Typed memoryviews in (the buffer protocol for the common cross-entropy call,
-:func:`cross_entropy_index_fast`), the row kernels of src/ (declared in src/rows.h) out.  The GIL is
-released around every kernel; arguments were validated by :mod:`fastloss._validate`, so
-nothing is checked here beyond what the memoryviews check (dtype, layout).  There is no
+:func:`cross_entropy_index_fast`), the row kernels of src/ (declared in src/rows.h) out.
+The GIL is released around every kernel; arguments were validated by
+:mod:`fastloss._validate`, so nothing is checked here beyond what the memoryviews (and the
+buffer protocol's shape and item-size checks) check.  There is no
 module state: ``n_threads`` is an argument of every kernel, passed into the C call, which
 starts its own threads and joins them before it returns (fork-safe, thread-safe).
 """
