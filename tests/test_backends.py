@@ -53,6 +53,40 @@ def test_backend_matches_reference(case, dtype, backend):
                 assert_close(grad, scale * grad_rows, dtype, err_msg=msg)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1000, 10), (3, 5000), (70, 100)])
+@pytest.mark.parametrize("weights", ["weight", "class_weight", "pos_weight", "both"])
+def test_bce_weights_in_every_tile(weights, shape, dtype, backend):
+    """The BCE's weights, copied into tiles before the loop: a weight that differs in every
+    element, per class, or only pos_weight, over several tiles of short rows (1000 x 10),
+    rows longer than a tile (3 x 5000), and split between threads; against the reference."""
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 4.0).astype(dtype)
+    t = rng.random(shape).astype(dtype)
+    kwargs = {}
+    if weights in ("weight", "both"):
+        kwargs["weight"] = rng.uniform(0.2, 2.0, shape)
+    if weights == "class_weight":
+        kwargs["weight"] = rng.uniform(0.2, 2.0, shape[-1])
+    if weights in ("pos_weight", "both"):
+        kwargs["pos_weight"] = rng.uniform(0.5, 3.0, shape[-1])
+    go = rng.uniform(0.5, 2.0, shape)
+    for reduction, grad_output in (("none", go), ("sum", 1.5)):
+        expected, expected_grad = fl.binary_cross_entropy_with_logits_with_grad(
+            x.astype(np.float64), t.astype(np.float64), **kwargs, reduction=reduction,
+            grad_output=grad_output, backend="numpy")
+        for n_threads in (1, 2, 3):
+            loss, grad = fl.binary_cross_entropy_with_logits_with_grad(
+                x, t, **kwargs, reduction=reduction, grad_output=grad_output,
+                backend=backend, n_threads=n_threads)
+            forward = fl.binary_cross_entropy_with_logits(
+                x, t, **kwargs, reduction=reduction, backend=backend, n_threads=n_threads)
+            msg = f"{weights} {shape} {reduction} {n_threads} threads"
+            assert_close(loss, expected, dtype, err_msg=msg)
+            assert_close(forward, expected, dtype, err_msg=msg)
+            assert_close(grad, expected_grad, dtype, err_msg=msg)
+
+
 HALF_DTYPES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 
 

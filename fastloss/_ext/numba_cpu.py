@@ -358,46 +358,72 @@ def entropy(x, scale, loss, grad, n_threads):
 # The elements are processed flat, in tiles of whole rows (about ELEMENT_TILE elements, at least
 # one row): a row of 10 classes would leave most of its elements to the loop's scalar
 # remainder, where the exp -> log1p -> division chain of the BCE is latency-bound (20x).
+# The BCE's weights are first copied into tiles in the logits' dtype, as the C kernels do
+# (pos_weight once, weight once per tile): indexed as ``weight[j // c, j % c]`` inside the
+# loop, they kept it from vectorising (7-9x the unweighted time).
 
 ELEMENT_TILE = 4096
 
 
 @njit(**INLINE)
-def _element_tile(x, t, j0, c, weight, has_weight, pos_weight, has_pos_weight, loss_code,
-                  scale, uniform, s0, values, g, write_grad):
-    """Flat elements ``j0 : j0 + len(x)`` of the batch: ``values[j] = value``,
-    ``g[j] = scale * slope``, the scale ``s0`` everywhere (``uniform``) or ``scale[j]``.
-    ``write_grad`` and ``uniform`` are constants in each call (one straight vectorisable loop);
-    one exp and one log1p per element (hooks.element_value_slope), the BCE in float32 for
-    float32 logits (the values are summed in float64)."""
+def _element_tile(x, t, w, pw, weighted, loss_code, scale, uniform, s0, values, g,
+                  write_grad):
+    """One tile of flat elements: ``values[j] = value``, ``g[j] = scale * slope``, the scale
+    ``s0`` everywhere (``uniform``) or ``scale[j]``, the weight ``w[j]`` and pos_weight
+    ``pw[j]`` (``weighted``) or 1.  ``weighted``, ``write_grad`` and ``uniform`` are constants
+    in each call (one straight vectorisable loop); one exp and one log1p per element
+    (hooks.element_value_slope), the BCE in float32 for float32 logits (the values are summed
+    in float64)."""
     one = like(1.0, x)  # the BCE in the logits' precision (hooks.bce_value_slope)
     s0 = like(s0, x)
     for j in range(x.shape[0]):
-        w = like(weight[(j0 + j) // c, (j0 + j) % c] if has_weight else 1.0, x)
-        pw = like(pos_weight[(j0 + j) % c] if has_pos_weight else 1.0, x)
-        value, slope = hooks.element_value_slope(loss_code, x[j], t[j], w, pw, one)
+        value, slope = hooks.element_value_slope(loss_code, x[j], t[j],
+                                                 w[j] if weighted else one,
+                                                 pw[j] if weighted else one, one)
         if write_grad:  # (else LLVM drops the slope's work)
             g[j] = like((s0 if uniform else like(scale[j], x)) * slope, g)
         values[j] = like(value, values)
 
 
 @njit(**INLINE)
-def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
-                  loss_code, scale, uniform, loss, per_element, grad, write_grad, values):
+def _weight_tile(out, weight, has_weight, i0, i1, c):
+    """``out[(i - i0) * c + k] = weight[i, k]`` for the rows ``i0:i1``, or 1 (not
+    ``has_weight``)."""
+    for r in range(i1 - i0):
+        w_row = weight[i0 + r] if has_weight else weight[0]
+        o = out[r * c:(r + 1) * c]
+        for k in range(c):
+            o[k] = like(w_row[k] if has_weight else 1.0, out)
+
+
+@njit(**INLINE)
+def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight, wt,
+                  pwt, weighted, loss_code, scale, uniform, loss, per_element, grad,
+                  write_grad, values):
     """Rows ``lo:hi`` of the flat (N * C) arrays, a tile of rows at a time; the values go
     into the scratch tile ``values`` (the logits' dtype: a float64 store would halve the
     float32 loop's vector width), then into ``loss`` (``per_element``) or as float64 row sums
-    into ``loss[i]``."""
+    into ``loss[i]``.  ``weighted``: the weight and pos_weight tiles ``wt``, ``pwt`` (scratch
+    as ``values``) hold ``weight`` and ``pos_weight`` (or 1, without them)."""
     rows = max(1, ELEMENT_TILE // max(c, 1))
     s0 = scale[0]
+    if weighted:  # the same in every tile: pos_weight (C,) in each row, weight 1 if absent
+        for r in range(min(rows, hi - lo)):
+            o = pwt[r * c:(r + 1) * c]
+            for k in range(c):
+                o[k] = like(pos_weight[k] if has_pos_weight else 1.0, pwt)
+        if not has_weight:
+            _weight_tile(wt, weight, False, lo, min(lo + rows, hi), c)
     for i0 in range(lo, hi, rows):
         i1 = min(i0 + rows, hi)
         a, b = i0 * c, i1 * c
         out = values[:b - a]
         g = grad[a:b] if write_grad else grad[:1]
         sc = scale[a:b] if write_grad and not uniform else scale[:1]
-        _element_tile(x[a:b], target[a:b], a, c, weight, has_weight, pos_weight,
-                      has_pos_weight, loss_code, sc, uniform, s0, out, g, write_grad)
+        if weighted and has_weight:
+            _weight_tile(wt, weight, True, i0, i1, c)
+        _element_tile(x[a:b], target[a:b], wt[:b - a], pwt[:b - a], weighted, loss_code, sc,
+                      uniform, s0, out, g, write_grad)
         if per_element:
             out_loss = loss[a:b]
             for j in range(out.shape[0]):
@@ -412,43 +438,61 @@ def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_
 
 
 @njit(**INLINE)
-def _element_loss(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
-                  loss_code, scale, uniform, loss, per_element, grad, write_grad, values):
-    """:func:`_element_rows` with ``write_grad``, ``uniform`` and (without weights) the
-    weight flags as constants."""
-    if has_weight or has_pos_weight:
-        if not write_grad:
-            _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight,
-                          has_pos_weight, loss_code, scale, True, loss, per_element, grad,
-                          False, values)
-        else:
-            _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight,
-                          has_pos_weight, loss_code, scale, uniform, loss, per_element, grad,
-                          True, values)
-    elif not write_grad:
-        _element_rows(lo, hi, c, x, target, weight, False, pos_weight, False, loss_code,
-                      scale, True, loss, per_element, grad, False, values)
+def _element_plain(lo, hi, c, x, target, loss_code, scale, uniform, loss, per_element, grad,
+                   write_grad, values):
+    """:func:`_element_rows` without weights, with ``write_grad`` and ``uniform`` as
+    constants (three loops)."""
+    if not write_grad:
+        _element_rows(lo, hi, c, x, target, _NO_ELEMENTS, False, _NO_ROWS, False, values,
+                      values, False, loss_code, scale, True, loss, per_element, grad, False,
+                      values)
     elif uniform:
-        _element_rows(lo, hi, c, x, target, weight, False, pos_weight, False, loss_code,
-                      scale, True, loss, per_element, grad, True, values)
+        _element_rows(lo, hi, c, x, target, _NO_ELEMENTS, False, _NO_ROWS, False, values,
+                      values, False, loss_code, scale, True, loss, per_element, grad, True,
+                      values)
     else:
-        _element_rows(lo, hi, c, x, target, weight, False, pos_weight, False, loss_code,
-                      scale, False, loss, per_element, grad, True, values)
+        _element_rows(lo, hi, c, x, target, _NO_ELEMENTS, False, _NO_ROWS, False, values,
+                      values, False, loss_code, scale, False, loss, per_element, grad, True,
+                      values)
+
+
+# One kernel per loss and weighting, chosen in Python: each compiles only its own loops.  (One
+# kernel with the loss and the weight flags as arguments compiled all ten loops for every
+# argument type, 25 s each; the weighted BCE's two weight layouts alone took a minute.)
+
+@njit(**KERNEL)
+def _bce_weighted(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight, scale,
+                  uniform, loss, per_element, grad, write_grad, values, wt, pwt):
+    """``x``, ``target``, ``grad``: the flat (N * C) arrays; ``loss``: flat (N * C)
+    (``per_element``) or (N,) row sums; ``weight`` an (N, C) view (maybe broadcast),
+    ``pos_weight`` (C,); ``scale``: flat (N * C), or one value (``uniform``); ``values``,
+    ``wt``, ``pwt``: scratch tiles."""
+    if not write_grad:
+        _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                      wt, pwt, True, hooks.BCE, scale, True, loss, per_element, grad, False,
+                      values)
+    elif uniform:
+        _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                      wt, pwt, True, hooks.BCE, scale, True, loss, per_element, grad, True,
+                      values)
+    else:
+        _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
+                      wt, pwt, True, hooks.BCE, scale, False, loss, per_element, grad, True,
+                      values)
 
 
 @njit(**KERNEL)
-def _elementwise(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
-                 loss_code, scale, uniform, loss, per_element, grad, write_grad, values):
-    """``x``, ``target``, ``grad``: the flat (N * C) arrays; ``loss``: flat (N * C)
-    (``per_element``) or (N,) row sums; ``weight`` an (N, C) view (maybe broadcast);
-    ``scale``: flat (N * C), or one value (``uniform``).  Constant flags in each call: LLVM
-    specialises the loops."""
-    if loss_code == hooks.MSE:
-        _element_loss(lo, hi, c, x, target, weight, False, pos_weight, False, hooks.MSE,
-                      scale, uniform, loss, per_element, grad, write_grad, values)
-    else:
-        _element_loss(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight,
-                      hooks.BCE, scale, uniform, loss, per_element, grad, write_grad, values)
+def _bce(lo, hi, c, x, target, scale, uniform, loss, per_element, grad, write_grad, values):
+    """:func:`_bce_weighted` without weights."""
+    _element_plain(lo, hi, c, x, target, hooks.BCE, scale, uniform, loss, per_element, grad,
+                   write_grad, values)
+
+
+@njit(**KERNEL)
+def _mse(lo, hi, c, x, target, scale, uniform, loss, per_element, grad, write_grad, values):
+    """:func:`_bce` for the squared error."""
+    _element_plain(lo, hi, c, x, target, hooks.MSE, scale, uniform, loss, per_element, grad,
+                   write_grad, values)
 
 
 def _flat_scale(scale):
@@ -476,11 +520,17 @@ def _run_elementwise(loss_code, x, target, weight, pos_weight, scale, loss, grad
     n, c = x.shape
     scale, uniform = _flat_scale(scale)
     tile = max(1, ELEMENT_TILE // max(c, 1)) * c
-    run_ranges(_elementwise, n, c, n_threads, c, x.reshape(-1), target.reshape(-1),
-               _NO_ELEMENTS if weight is None else weight, weight is not None,
-               _NO_ROWS if pos_weight is None else pos_weight, pos_weight is not None,
-               loss_code, scale, uniform, loss.reshape(-1), loss.ndim == 2, g.reshape(-1),
-               write_grad, scratch=lambda: (np.empty(tile, x.dtype),))
+    flat = (c, x.reshape(-1), target.reshape(-1))
+    out = (scale, uniform, loss.reshape(-1), loss.ndim == 2, g.reshape(-1), write_grad)
+    if weight is not None or pos_weight is not None:
+        kernel = _bce_weighted
+        flat += (_NO_ELEMENTS if weight is None else weight, weight is not None,
+                 _NO_ROWS if pos_weight is None else pos_weight, pos_weight is not None)
+    else:
+        kernel = _bce if loss_code == hooks.BCE else _mse
+    n_tiles = 3 if kernel is _bce_weighted else 1  # values (and wt, pwt)
+    run_ranges(kernel, n, c, n_threads, *flat, *out,
+               scratch=lambda: tuple(np.empty(tile, x.dtype) for _ in range(n_tiles)))
 
 
 def binary_cross_entropy(x, target, weight, pos_weight, scale, loss, grad, n_threads):
