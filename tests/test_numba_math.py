@@ -60,6 +60,12 @@ def _vlog1p_all(x, out):
 
 
 @numba.njit(fastmath=nm.FASTMATH, error_model="numpy")
+def _vlog1p_unit_all(x, out):
+    for j in range(x.shape[0]):
+        out[j] = nm.vlog1p_unit(x[j])
+
+
+@numba.njit(fastmath=nm.FASTMATH, error_model="numpy")
 def _vexp_any_all(x, out):
     for j in range(x.shape[0]):
         out[j] = nm.vexp_any(x[j])
@@ -94,6 +100,21 @@ def test_vlog1p_is_within_its_ulp_bound(dtype):
     x = np.concatenate([_positive_floats(dtype), -np.geomspace(tiny, 1.0, 200001)[:-1],
                         np.linspace(-0.999, 3.0, 400001), [-1.0 + np.finfo(dtype).epsneg]])
     assert _max_ulp(_vlog1p_all, x.astype(dtype), np.log1p) <= 0.88
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vlog1p_unit_is_within_its_ulp_bound_on_its_domain(dtype):
+    """``log1p(e)`` for ``e = exp(-|v|)`` in [0, 1]: every binade down to the subnormals
+    (uniform in the bits), densely near 1, and the ends; NaN stays NaN."""
+    int_type = np.int32 if dtype == np.float32 else np.int64
+    bits = np.random.default_rng(2).integers(1, np.array(1.0, dtype).view(int_type), 1_000_000,
+                                             dtype=int_type)
+    x = np.concatenate([bits.view(dtype), np.linspace(0.0, 1.0, 1_000_001).astype(dtype),
+                        np.array([np.finfo(dtype).smallest_subnormal, 1.0], dtype)])
+    assert _max_ulp(_vlog1p_unit_all, x, np.log1p) <= 1.05
+    out = np.empty(3, dtype)
+    _vlog1p_unit_all(np.array([0.0, 1.0, np.nan], dtype), out)
+    assert out[0] == 0.0 and out[1] == dtype(np.log(2.0)) and np.isnan(out[2])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

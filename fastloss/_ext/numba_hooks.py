@@ -24,14 +24,15 @@ import types
 INF = math.inf
 NAN = math.nan
 # A compiler may put its own implementations here: numba_math puts the vectorisable tanh,
-# exp (``exp_neg``: arguments <= 0 only; ``exp``: any), log and log1p of the CPU (a libm call
-# per element would keep every loop scalar).  CUDA keeps these: Numba maps math.* to
-# libdevice, which is already one call per GPU thread, and accurate.
+# exp (``exp_neg``: arguments <= 0 only; ``exp``: any), log and log1p (``log1p_unit``:
+# arguments in [0, 1] only, all the hooks need) of the CPU (a libm call per element would
+# keep every loop scalar).  CUDA keeps these: Numba maps math.* to libdevice, which is
+# already one call per GPU thread, and accurate.
 tanh = math.tanh
 exp_neg = math.exp
 exp = math.exp
 log = math.log
-log1p = math.log1p
+log1p_unit = math.log1p
 
 
 # ----------------------------------------------------------------------------- online softmax
@@ -154,7 +155,7 @@ MSE = 1
 
 def softplus(v):
     """``log(1 + e^v) = max(v, 0) + log1p(e^-|v|)``: no overflow, full accuracy for v << 0."""
-    return (v if v > 0.0 else 0.0) + log1p(exp_neg(-abs(v)))
+    return (v if v > 0.0 else 0.0) + log1p_unit(exp_neg(-abs(v)))
 
 
 def sigmoid(v):
@@ -181,7 +182,7 @@ def bce_value_slope(v, t, w, pos_weight, one):
     elementwise loop vectorises); a term with a zero coefficient is 0 as in :func:`weighted`."""
     zero = one - one
     e = exp_neg(-abs(v))
-    lg = log1p(e)
+    lg = log1p_unit(e)
     big = one / (one + e)
     small = e * big
     sp_pos = (v if v > zero else zero) + lg  # softplus(v) = -log(1 - sigmoid(v))
@@ -281,7 +282,7 @@ def compile_hooks(decorate, name, **replace):
     ``cuda.jit(device=True, ...)``).  Each hook is rebuilt over a namespace in which the other
     hooks are the compiled ones, so a hook that calls another calls the compiled version;
     ``replace`` swaps other names of that namespace (``tanh``, ``exp_neg``, ``exp``, ``log``,
-    ``log1p``).  Kernels call
+    ``log1p_unit``).  Kernels call
     ``module.hook(...)``: Numba resolves (and inlines) module attributes at compile time."""
     namespace = dict(globals())
     namespace.update(replace)
