@@ -477,8 +477,11 @@ def vtanh(u):
     return t if u >= 0.0 else -t
 
 
-# The loss math of numba_hooks, compiled for the CPU: kernels call ``hooks.name(...)``.
-hooks = numba_hooks.compile_hooks(njit(**INLINE), "fastloss._ext.numba_math.hooks",
+# The loss math of numba_hooks, compiled for the CPU: kernels call ``hooks.name(...)``.  The
+# hooks are small and loop-free: LLVM inlines every call (the kernels' machine code has no
+# call to them), so they skip Numba's IR inlining (INLINE), which re-ran each hook's passes
+# at every call site and took half of each kernel's compile time.
+hooks = numba_hooks.compile_hooks(njit(**JIT), "fastloss._ext.numba_math.hooks",
                                   tanh=vtanh, exp_neg=vexp, exp=vexp_any, log=vlog,
                                   log1p_unit=vlog1p_unit)
 
