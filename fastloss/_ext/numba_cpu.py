@@ -401,14 +401,14 @@ def _element_tile(x, t, w, pw, weighted, loss_code, scale, uniform, s0, values, 
 
 
 @njit(**INLINE)
-def _weight_tile(out, weight, has_weight, i0, i1, c):
-    """``out[(i - i0) * c + k] = weight[i, k]`` for the rows ``i0:i1``, or 1 (not
-    ``has_weight``)."""
+def _weight_tile(out, weight, i0, i1, c):
+    """``out[(i - i0) * c + k] = weight[i, k]`` for the rows ``i0:i1`` of the (N, C)
+    ``weight``, in ``out``'s dtype."""
     for r in range(i1 - i0):
-        w_row = weight[i0 + r] if has_weight else weight[0]
+        w_row = weight[i0 + r]
         o = out[r * c:(r + 1) * c]
         for k in range(c):
-            o[k] = like(w_row[k] if has_weight else 1.0, out)
+            o[k] = like(w_row[k], out)
 
 
 @njit(**INLINE)
@@ -422,13 +422,17 @@ def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_
     as ``values``) hold ``weight`` and ``pos_weight`` (or 1, without them)."""
     rows = max(1, ELEMENT_TILE // max(c, 1))
     s0 = scale[0]
-    if weighted:  # the same in every tile: pos_weight (C,) in each row, weight 1 if absent
-        for r in range(min(rows, hi - lo)):
-            o = pwt[r * c:(r + 1) * c]
-            for k in range(c):
-                o[k] = like(pos_weight[k] if has_pos_weight else 1.0, pwt)
+    if weighted:  # the same in every tile: pos_weight (C,) in each row, 1 for one absent
+        n_first = min(rows, hi - lo) * c
+        if has_pos_weight:
+            for r in range(min(rows, hi - lo)):
+                o = pwt[r * c:(r + 1) * c]
+                for k in range(c):
+                    o[k] = like(pos_weight[k], pwt)
+        else:
+            fill_row(pwt[:n_first], like(1.0, pwt))
         if not has_weight:
-            _weight_tile(wt, weight, False, lo, min(lo + rows, hi), c)
+            fill_row(wt[:n_first], like(1.0, wt))
     for i0 in range(lo, hi, rows):
         i1 = min(i0 + rows, hi)
         a, b = i0 * c, i1 * c
@@ -436,7 +440,7 @@ def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_
         g = grad[a:b] if write_grad else grad[:1]
         sc = scale[a:b] if write_grad and not uniform else scale[:1]
         if weighted and has_weight:
-            _weight_tile(wt, weight, True, i0, i1, c)
+            _weight_tile(wt, weight, i0, i1, c)
         _element_tile(x[a:b], target[a:b], wt[:b - a], pwt[:b - a], weighted, loss_code, sc,
                       uniform, s0, out, g, write_grad)
         if per_element:
