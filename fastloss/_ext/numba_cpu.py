@@ -27,7 +27,7 @@ from .._numpy_kernels import as_rows, empty  # noqa: F401 (host memory, as the r
 from ._threads import run_ranges
 from .numba_math import (
     BLOCK,
-    INLINE,
+    IR_INLINE,
     JIT,
     exp_blocks,
     fill_row,
@@ -87,7 +87,7 @@ def _n_blocks(c):
 # after inlining, LLVM folds the branches on them, and each loop is the one of its loss
 # (a loop-invariant branch left in a loop keeps it from vectorising: 4x at 32k classes).
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _dense_stats(row, trow, weight, keep, eps_c, log_target, kl, m0):
     """``(A, sum_c a_c (m0 - z_c), const)`` of a row of probability / log-probability
     targets, ``m0`` the row max.  Summing the gaps to the max, not ``A m - sum_c a_c z_c``,
@@ -105,7 +105,7 @@ def _dense_stats(row, trow, weight, keep, eps_c, log_target, kl, m0):
     return big_a, gap, const
 
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _subtract_dense(g, trow, weight, keep, eps_c, si, log_target):
     """``g_c -= si a_c`` for probability / log-probability targets."""
     for k in range(g.shape[0]):
@@ -114,7 +114,7 @@ def _subtract_dense(g, trow, weight, keep, eps_c, si, log_target):
         g[k] -= like(si * a, g)
 
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _linear_row(row, trow, sparse, y, weight, w_total, keep, eps_c, log_target, kl, z_grad,
                 si, g, write_grad, in_place, block_max):
     """Loss and logsumexp of one row of (transformed) logits ``row``; writes
@@ -270,7 +270,7 @@ def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
 # loss_i = sum_c term(p_ic, t_ic), phi_c = d term / d p_c,
 # d loss_i / d z_ij = p_ij (phi_ij - sum_k p_ik phi_ik).
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _rest_sums(row, y, m, inv_s):
     """Softmax MSE with a one-hot target: ``(R, Q)``, ``R = sum_{k != y} p_k = 1 - p_y`` and
     ``Q = sum_{k != y} p_k^2`` (a select, not a branch: the loop vectorises)."""
@@ -284,7 +284,7 @@ def _rest_sums(row, y, m, inv_s):
     return rest, q
 
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _fn_row(row, trow, y, sparse, loss_code, si, g, write_grad):
     """Loss of one row; writes ``si * d loss / d row`` into ``g`` (which may be ``row``: the
     gradient pass recomputes p from the row element by element)."""
@@ -380,7 +380,7 @@ def entropy(x, scale, loss, grad, n_threads):
 ELEMENT_TILE = 4096
 
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _element_tile(x, t, w, pw, weighted, loss_code, scale, uniform, s0, values, g,
                   write_grad):
     """One tile of flat elements: ``values[j] = value``, ``g[j] = scale * slope``, the scale
@@ -400,7 +400,7 @@ def _element_tile(x, t, w, pw, weighted, loss_code, scale, uniform, s0, values, 
         values[j] = like(value, values)
 
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _weight_tile(out, weight, i0, i1, c):
     """``out[(i - i0) * c + k] = weight[i, k]`` for the rows ``i0:i1`` of the (N, C)
     ``weight``, in ``out``'s dtype."""
@@ -411,7 +411,7 @@ def _weight_tile(out, weight, i0, i1, c):
             o[k] = like(w_row[k], out)
 
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight, wt,
                   pwt, weighted, loss_code, scale, uniform, loss, per_element, grad,
                   write_grad, values):
@@ -600,7 +600,7 @@ def logsumexp(x, out, n_threads):
 # cross-entropy: pass 1 reads the row once and stores e_c = exp(x_c - m_b) into the gradient
 # row, pass 2 finds it in cache and writes the gradient and the Hessian once.
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _grad_hess_block(e, g, h, trow, dense, factor, big_a, keep, eps_c, w, hessian_scale,
                      min_hessian):
     """Pass 2 over one block: ``p_c = e_c * factor``; ``e`` may be ``g`` itself.  ``dense``
@@ -614,7 +614,7 @@ def _grad_hess_block(e, g, h, trow, dense, factor, big_a, keep, eps_c, w, hessia
         h[j] = like(hj, h)
 
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _grad_hess_row(row, trow, sparse, y, keep, eps_c, w, hessian_scale, min_hessian, e, g, h,
                    block_max):
     """Gradient and Hessian of one row into ``g`` and ``h``; ``e`` (``g`` itself in the
@@ -734,7 +734,7 @@ def cross_entropy_grad_hess(x, target, sample_weight, label_smoothing, hessian_s
                                 np.empty((tile, c), x.dtype)))
 
 
-@njit(**INLINE)
+@njit(**IR_INLINE)
 def _binary_grad_hess_rows(x, target, weight, has_weight, hessian_scale, min_hessian, grad,
                            hess):
     for k in range(x.shape[0]):
