@@ -64,7 +64,11 @@ def _compiler_accepts(flags, link_flags=(), program="int main(void) { return 0; 
 
 PTHREAD_PROBE = """#include <pthread.h>
 static void *f(void *p) { return p; }
-int main(void) { pthread_t t; if (pthread_create(&t, 0, f, 0)) return 1; return pthread_join(t, 0); }
+int main(void) {
+    pthread_t t;
+    if (pthread_create(&t, 0, f, 0)) return 1;
+    return pthread_join(t, 0);
+}
 """
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close
 from numba import cuda
 
 import fastloss as fl
+from conftest import assert_close
 from fastloss import reference
 from fastloss._grad_hess import binary_cross_entropy_grad_hess, cross_entropy_grad_hess
 from fastloss._registry import CASES, reference_rows

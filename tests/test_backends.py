@@ -5,9 +5,9 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import assert_close
 
 import fastloss as fl
+from conftest import assert_close
 from fastloss._losses import LOSSES
 from fastloss._losses import get as get_loss
 from fastloss._registry import CASES, reference_rows

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TOLERANCES, assert_close
 from helpers import central_difference
 
+from conftest import TOLERANCES, assert_close
 from fastloss import _backends, boosting, reference
 from fastloss._grad_hess import binary_cross_entropy_grad_hess, cross_entropy_grad_hess
 

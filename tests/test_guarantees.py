@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, TOLERANCES
 
 import fastloss as fl
+from conftest import BACKENDS, TOLERANCES
 from fastloss._registry import CASES
 
 CPU_BACKENDS = [b for b in BACKENDS if b != "cuda"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close
 
 import fastloss as fl
+from conftest import assert_close
 from fastloss import reference
 
 X = np.random.default_rng(0).standard_normal((6, 9)) * 4

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from conftest import BACKENDS, assert_close
 from fastloss._registry import CASES, reference_rows
 
 CPU_BACKENDS = [b for b in BACKENDS if b != "cuda"]

@@ -1,12 +1,13 @@
 """Cross-entropy's streaming stores (fastloss.c, ``fl_streams``): a gradient of 16 MiB or
 more with rows of 1024 classes or more, written into an ``out`` that is not the logits, is
 written by streaming stores from a scratch row where the 512-bit kernels run (on a CPU
-without AVX-512 the float ones write it with ordinary stores).  It must be the gradient of the ordinary
-path bit for bit: the same logits computed in place (``out=logits``, which never streams)
-give the reference here (the cases with class indices and neither label smoothing nor a
-transform stream; the others, and the other losses, which do not, are held to the same
-identity at the same size; with 16-bit logits every loss streams, BCE and MSE tile by tile).  Row lengths that are not a multiple of the vector width,
-so that rows start at every alignment, and an ``out`` off the element grid's 16-byte
+without AVX-512 the float ones write it with ordinary stores).  It must be the gradient of
+the ordinary path bit for bit: the same logits computed in place (``out=logits``, which
+never streams) give the reference here (the cases with class indices and neither label
+smoothing nor a transform stream; the others, and the other losses, which do not, are held
+to the same identity at the same size; with 16-bit logits every loss streams, BCE and MSE
+tile by tile).  Row lengths that are not a multiple of the vector width, so that rows start
+at every alignment, and an ``out`` off the element grid's 16-byte
 alignment; poisoned, impossible and ignored rows; one and two threads; the 256-bit kernels
 of CPUs without AVX-512 (``FASTLOSS_NO_AVX512=1``, in a child process)."""
 
