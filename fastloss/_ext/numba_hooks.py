@@ -1,8 +1,8 @@
 """The per-row and per-element math of every loss, written once, as plain Python.
 
 Two compilers read these functions: :mod:`fastloss._ext.numba_math` compiles them with
-``njit(inline="always")`` for the CPU kernels and :mod:`fastloss._ext.numba_cuda` with
-``cuda.jit(device=True, inline="always")`` for the GPU ones; Numba's CUDA simulator runs them
+``njit`` for the CPU kernels (LLVM inlines every call) and :mod:`fastloss._ext.numba_cuda`
+with ``cuda.jit(device=True, inline="always")`` for the GPU ones; Numba's CUDA simulator runs them
 as they are (so the CPU-only test runs exercise the GPU's math too).  Rules: arguments and
 results are float64 scalars (or bools / small ints; a hook with an argument ``one`` computes
 in the precision of ``one``), only ``math.*`` and arithmetic, no NumPy,

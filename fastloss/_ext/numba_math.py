@@ -493,7 +493,7 @@ def vtanh(u):
 
 # The loss math of numba_hooks, compiled for the CPU: kernels call ``hooks.name(...)``.  The
 # hooks are small and loop-free: LLVM inlines every call (the kernels' machine code has no
-# call to them), so they skip Numba's IR inlining (INLINE), which re-ran each hook's passes
+# call to them), so they skip Numba's IR inlining (IR_INLINE), which re-ran each hook's passes
 # at every call site and took half of each kernel's compile time.
 hooks = numba_hooks.compile_hooks(njit(**JIT), "fastloss._ext.numba_math.hooks",
                                   tanh=vtanh, exp_neg=vexp, exp=vexp_any, log=vlog,
