@@ -40,6 +40,7 @@ from .numba_math import (
     scale_blocks,
     sum_exp,
     vexp,
+    vlog1p_unit,
 )
 
 ACCEPTS_DEVICE_ARRAYS = False
@@ -382,19 +383,32 @@ ELEMENT_TILE = 4096
 
 @njit(**IR_INLINE)
 def _element_tile(x, t, w, pw, weighted, loss_code, scale, uniform, s0, values, g,
-                  write_grad):
+                  write_grad, e, lg):
     """One tile of flat elements: ``values[j] = value``, ``g[j] = scale * slope``, the scale
     ``s0`` everywhere (``uniform``) or ``scale[j]``, the weight ``w[j]`` and pos_weight
     ``pw[j]`` (``weighted``) or 1.  ``weighted``, ``write_grad`` and ``uniform`` are constants
     in each call (one straight vectorisable loop); one exp and one log1p per element
     (hooks.element_value_slope), the BCE in float32 for float32 logits (the values are summed
-    in float64)."""
+    in float64).  The BCE's ``e = exp(-|x|)`` and ``log1p(e)`` go first into the scratch
+    ``e``, ``lg``, each in a loop of its own, as the C kernels' bce_tile_exp: in one loop the
+    chain exp -> division -> log1p series -> division made it latency-bound."""
     one = like(1.0, x)  # the BCE in the logits' precision (hooks.bce_value_slope)
     s0 = like(s0, x)
-    for j in range(x.shape[0]):
-        value, slope = hooks.element_value_slope(loss_code, x[j], t[j],
-                                                 w[j] if weighted else one,
-                                                 pw[j] if weighted else one, one)
+    n = x.shape[0]
+    if loss_code == hooks.BCE:
+        for j in range(n):
+            e[j] = vexp(-abs(x[j]))
+        for j in range(n):
+            lg[j] = vlog1p_unit(e[j])
+    for j in range(n):
+        if loss_code == hooks.BCE:
+            value, slope = hooks.bce_value_slope_el(x[j], e[j], lg[j], t[j],
+                                                    w[j] if weighted else one,
+                                                    pw[j] if weighted else one, one)
+        else:
+            value, slope = hooks.element_value_slope(loss_code, x[j], t[j],
+                                                     w[j] if weighted else one,
+                                                     pw[j] if weighted else one, one)
         if write_grad:  # (else LLVM drops the slope's work)
             g[j] = like((s0 if uniform else like(scale[j], x)) * slope, g)
         values[j] = like(value, values)
@@ -414,12 +428,13 @@ def _weight_tile(out, weight, i0, i1, c):
 @njit(**IR_INLINE)
 def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight, wt,
                   pwt, weighted, loss_code, scale, uniform, loss, per_element, grad,
-                  write_grad, values):
+                  write_grad, values, eb, lb):
     """Rows ``lo:hi`` of the flat (N * C) arrays, a tile of rows at a time; the values go
     into the scratch tile ``values`` (the logits' dtype: a float64 store would halve the
     float32 loop's vector width), then into ``loss`` (``per_element``) or as float64 row sums
     into ``loss[i]``.  ``weighted``: the weight and pos_weight tiles ``wt``, ``pwt`` (scratch
-    as ``values``) hold ``weight`` and ``pos_weight`` (or 1, without them)."""
+    as ``values``) hold ``weight`` and ``pos_weight`` (or 1, without them); ``eb``, ``lb``:
+    the BCE's exp and log1p tiles (_element_tile)."""
     rows = max(1, ELEMENT_TILE // max(c, 1))
     s0 = scale[0]
     if weighted:  # the same in every tile: pos_weight (C,) in each row, 1 for one absent
@@ -442,7 +457,7 @@ def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_
         if weighted and has_weight:
             _weight_tile(wt, weight, i0, i1, c)
         _element_tile(x[a:b], target[a:b], wt[:b - a], pwt[:b - a], weighted, loss_code, sc,
-                      uniform, s0, out, g, write_grad)
+                      uniform, s0, out, g, write_grad, eb[:b - a], lb[:b - a])
         if per_element:
             out_loss = loss[a:b]
             for j in range(out.shape[0]):
@@ -462,25 +477,26 @@ def _element_kernel(loss_code, weighted):
     every argument type, and the first compiles of the BCE took minutes).  ``x``,
     ``target``, ``grad``: the flat (N * C) arrays; ``loss``: flat (N * C) (``per_element``)
     or (N,) row sums; ``weight`` an (N, C) view (maybe broadcast), ``pos_weight`` (C,);
-    ``scale``: flat (N * C), or one value (``uniform``); ``values``, ``wt``, ``pwt``: scratch
-    tiles (``wt`` and ``pwt`` used only ``weighted``).  ``write_grad`` and ``uniform``
+    ``scale``: flat (N * C), or one value (``uniform``); ``values``, ``wt``, ``pwt``, ``eb``,
+    ``lb``: scratch tiles (``wt`` and ``pwt`` used only ``weighted``, ``eb`` and ``lb`` only by
+    the BCE).  ``write_grad`` and ``uniform``
     become constants of three loops."""
 
     @njit(**KERNEL)
     def kernel(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight, scale,
-               uniform, loss, per_element, grad, write_grad, values, wt, pwt):
+               uniform, loss, per_element, grad, write_grad, values, wt, pwt, eb, lb):
         if not write_grad:
             _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight,
                           has_pos_weight, wt, pwt, weighted, loss_code, scale, True, loss,
-                          per_element, grad, False, values)
+                          per_element, grad, False, values, eb, lb)
         elif uniform:
             _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight,
                           has_pos_weight, wt, pwt, weighted, loss_code, scale, True, loss,
-                          per_element, grad, True, values)
+                          per_element, grad, True, values, eb, lb)
         else:
             _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight,
                           has_pos_weight, wt, pwt, weighted, loss_code, scale, False, loss,
-                          per_element, grad, True, values)
+                          per_element, grad, True, values, eb, lb)
 
     return kernel
 
@@ -500,13 +516,15 @@ def _flat_scale(scale):
     return np.ascontiguousarray(scale).reshape(-1), False
 
 
-def _element_scratch(tile, dtype, weighted):
-    """A worker's tiles: ``values``, ``wt``, ``pwt`` (without weights, ``values`` thrice:
-    those two are not used)."""
+def _element_scratch(tile, dtype, weighted, loss_code):
+    """A worker's tiles: ``values``, ``wt``, ``pwt``, ``eb``, ``lb`` (``values`` stands for
+    those it does not use: ``wt`` and ``pwt`` without weights, ``eb`` and ``lb`` but for the
+    BCE)."""
     values = np.empty(tile, dtype)
-    if weighted:
-        return values, np.empty(tile, dtype), np.empty(tile, dtype)
-    return values, values, values
+    wt, pwt = (np.empty(tile, dtype), np.empty(tile, dtype)) if weighted else (values, values)
+    if loss_code == hooks.BCE:
+        return values, wt, pwt, np.empty(tile, dtype), np.empty(tile, dtype)
+    return values, wt, pwt, values, values
 
 
 def _run_elementwise(loss_code, x, target, weight, pos_weight, scale, loss, grad, n_threads):
@@ -530,7 +548,7 @@ def _run_elementwise(loss_code, x, target, weight, pos_weight, scale, loss, grad
                weight is not None, _NO_ROWS if pos_weight is None else pos_weight,
                pos_weight is not None, scale, uniform, loss.reshape(-1), loss.ndim == 2,
                g.reshape(-1), write_grad,
-               scratch=lambda: _element_scratch(tile, x.dtype, weighted))
+               scratch=lambda: _element_scratch(tile, x.dtype, weighted, loss_code))
 
 
 def binary_cross_entropy(x, target, weight, pos_weight, scale, loss, grad, n_threads):

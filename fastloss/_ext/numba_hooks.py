@@ -180,9 +180,14 @@ def bce_value_slope(v, t, w, pos_weight, one):
     ``softplus(+-v) = max(+-v, 0) + l``, and the sigmoids are ``1 / (1 + e)`` and
     ``e / (1 + e)`` (as :func:`sigmoid_pair`, one division).  Branch-free up to selects (the
     elementwise loop vectorises); a term with a zero coefficient is 0 as in :func:`weighted`."""
-    zero = one - one
     e = exp_neg(-abs(v))
-    lg = log1p_unit(e)
+    return bce_value_slope_el(v, e, log1p_unit(e), t, w, pos_weight, one)
+
+
+def bce_value_slope_el(v, e, lg, t, w, pos_weight, one):
+    """:func:`bce_value_slope` given ``e = exp(-|v|)`` and ``lg = log1p(e)`` (the CPU's
+    elementwise tiles compute them in loops of their own: numba_cpu._element_tile)."""
+    zero = one - one
     big = one / (one + e)
     small = e * big
     sp_pos = (v if v > zero else zero) + lg  # softplus(v) = -log(1 - sigmoid(v))
@@ -272,7 +277,7 @@ def bce_grad_hess(v, t, w, hessian_scale, min_hessian):
 HOOKS = ("fold", "poisoned", "poisoned_lse", "transform", "ce_coef",
          "target_prob", "target_t_log_t", "weighted", "shift_gap", "linear_loss", "p_coef",
          "p_term", "p_phi", "softplus", "sigmoid", "bce_value", "bce_slope", "mse_value",
-         "mse_slope", "bce_value_slope", "element_value", "element_slope",
+         "mse_slope", "bce_value_slope", "bce_value_slope_el", "element_value", "element_slope",
          "element_value_slope", "floor_hessian", "softmax_grad_hess",
          "sigmoid_pair", "bce_grad_hess")
 
