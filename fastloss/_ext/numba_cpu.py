@@ -28,7 +28,7 @@ from ._threads import run_ranges
 from .numba_math import (
     BLOCK,
     IR_INLINE,
-    JIT,
+    KERNEL,
     exp_blocks,
     fill_row,
     hooks,
@@ -45,11 +45,9 @@ from .numba_math import (
 
 ACCEPTS_DEVICE_ARRAYS = False
 NAN = np.nan
-# The range kernels run without Numba's reference counting: every row and block view
-# (``x[i]``, ``row[start:stop]``) would otherwise pay an atomic incref/decref, which costs
-# 25% at 32k classes a row.  So they allocate nothing: their scratch (block maxima, the
-# transformed row) is allocated by the pool, once per worker (run_ranges(..., scratch=)).
-KERNEL = dict(JIT, _nrt=False)
+# The range kernels run with KERNEL (numba_math: no reference counting), so they allocate
+# nothing: their scratch (block maxima, the transformed row) is allocated by the pool, once
+# per worker (run_ranges(..., scratch=)).
 
 
 def unavailable_reason():

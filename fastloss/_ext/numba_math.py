@@ -37,22 +37,26 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # (float64) for large |z| (tests/test_numba_math.py).  The exp has no reduction to reorder.
 EXP_FASTMATH = FASTMATH - {"reassoc"}
 JIT = dict(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
+# The range kernels (numba_cpu) run without Numba's reference counting: every row and block
+# view (``x[i]``, ``row[start:stop]``) would otherwise pay an atomic incref/decref, which
+# costs 25% at 32k classes a row.
+KERNEL = dict(JIT, _nrt=False)
 # Every helper below ends up inlined into the kernels: as a separate function each call
 # costs a few ns, which at 10 classes a row is most of the time.  Two ways:
 # - INLINE (the row helpers of this file): compiled once per argument types, marked
 #   ``alwaysinline`` for LLVM (Numba's ``forceinline``).  Numba's IR inlining re-typed and
 #   re-lowered each helper at every call site (the cross-entropy kernels compile in about
 #   half the time without it).
-#   ``_nrt=False`` as the kernels (numba_cpu.KERNEL): compiled on their own, they would
-#   otherwise take Numba's default (reference counting on every block view), whichever
-#   caller compiled them first.
+#   Built on KERNEL (``_nrt=False``): compiled on their own, they would otherwise take
+#   Numba's default (reference counting on every block view), whichever caller compiled
+#   them first.
 # - IR_INLINE (numba_cpu's per-loss row functions): Numba IR inlining, so that the constant
 #   flags of each call (``sparse``, ``dense``, ...) fold before LLVM sees the loops.
 #   Compiled on its own, a helper is optimised for every flag value first, and a vector
 #   loop guarded by a run-time overlap check stays guarded after inlining (the grad + Hessian
 #   row, whose exp buffer is its gradient row, ran the scalar loop: 1.3x slower at 32k
 #   classes).
-INLINE = dict(JIT, forceinline=True, _nrt=False)
+INLINE = dict(KERNEL, forceinline=True)
 IR_INLINE = dict(JIT, inline="always")
 
 
