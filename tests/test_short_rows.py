@@ -2,8 +2,9 @@
 ``FL_SHORT_R`` = 16 rows transposed into a tile): cross-entropy with class indices and the
 cross-entropy gradient + Hessian, softmax MSE, entropy and KL.  Row counts that are not
 multiples of the block, C at the threshold and one above it (the row-by-row path), C at 16
-and 17 (the 512-bit transposes take 16 classes at a time), C at 8 and 9 (the 256-bit ones
-take 8), ignored and poisoned rows inside
+and 17 (the 512-bit transposes take 16 classes at a time), C at 4, 5, 8 and 9 (the 256-bit
+ones take 4 doubles or 8 floats; where that does not divide C the last block overlaps the one
+before it), ignored and poisoned rows inside
 a block, and bit-identical results for any number of threads (the threads split rows at
 points that are not multiples of the block)."""
 
@@ -27,8 +28,8 @@ pytestmark = pytest.mark.skipif(not _backends.available("cython"),
                                 reason="the cython backend is not built")
 
 FLOATS = (np.float32, np.float64)
-CLASSES = (1, 2, 8, 9, 10, 16, 17, 31, 32, 33)  # 8, 9 and 16, 17: the 256-bit and 512-bit
-# transposes go 8 and 16 classes at a time
+CLASSES = (1, 2, 4, 5, 8, 9, 10, 16, 17, 31, 32, 33)  # 4, 5, 8, 9 and 16, 17: the 256-bit
+# transposes go 4 (double) and 8 (float) classes at a time, the 512-bit ones 16 (float)
 ROWS = (1, 15, 16, 17, 53)
 
 
