@@ -385,7 +385,7 @@ def _element_tile(x, t, w, pw, weighted, loss_code, scale, uniform, s0, values, 
     """One tile of flat elements: ``values[j] = value``, ``g[j] = scale * slope``, the scale
     ``s0`` everywhere (``uniform``) or ``scale[j]``, the weight ``w[j]`` and pos_weight
     ``pw[j]`` (``weighted``) or 1.  ``weighted``, ``write_grad`` and ``uniform`` are constants
-    in each call (one straight vectorisable loop); one exp and one log1p per element
+    in each call (straight vectorisable loops); one exp and one log1p per element
     (hooks.element_value_slope), the BCE in float32 for float32 logits (the values are summed
     in float64).  The BCE's ``e = exp(-|x|)`` and ``log1p(e)`` go first into the scratch
     ``e``, ``lg``, each in a loop of its own, as the C kernels' bce_tile_exp: in one loop the
