@@ -52,13 +52,15 @@ class Result:
     mode: str  # "forward" or "fused"
     shape: tuple
     dtype: str
-    impl: str  # backend, "reference" (float64), "numpy" (plain), "torch", "jax", "limit"
+    impl: str  # backend, "reference" (float64), "numpy" (plain), "torch", "jax", "limit",
+    #            "limit+target" (the loss's own limit, when its target has the logits' shape)
     seconds: float  # best of `runs`
     runs: int
     warmup_seconds: float
     bytes_moved: int
     check: str  # "ok", "WRONG (...)", "reference", or "-"
-    ratio_limit: float = float("nan")  # time / physical limit
+    ratio_limit: float = float("nan")  # time / physical limit (copy or read of the logits)
+    ratio_own: float = float("nan")  # time / the loss's own limit (every input, once)
     speedup_numpy: float = float("nan")  # plain NumPy time / time
     speedup_peer: float = float("nan")  # best peer time / time
 
@@ -198,14 +200,36 @@ def _jax_peer(case, logits, args, mode, threads):
 # ------------------------------------------------------------------------------------ main
 
 def _limits(threads=None):
-    """Parallel copy / read of the logits, from Numba when it is here, else NumPy."""
+    """Parallel copy / read of the logits, and their counterparts that also read a target
+    of the logits' shape (``(src, target, dst)``, ``(src, target, out)``), from Numba when
+    it is here, else NumPy."""
     n_threads = threads or _backends.default_threads()
     if _backends.available("numba"):
         from ._ext import numba_cpu
 
         return (lambda src, dst: numba_cpu.parallel_copy(_raw(src), _raw(dst), n_threads),
-                lambda src, out: numba_cpu.parallel_read(_raw(src), out, n_threads))
-    return (lambda src, dst: np.copyto(dst, src)), (lambda src, out: np.sum(src, axis=1, out=out))
+                lambda src, out: numba_cpu.parallel_read(_raw(src), out, n_threads),
+                lambda src, t, dst: numba_cpu.parallel_add(_raw(src), _raw(t), _raw(dst),
+                                                           n_threads),
+                lambda src, t, out: numba_cpu.parallel_read_pair(_raw(src), _raw(t), out,
+                                                                 n_threads))
+
+    def read_pair(src, t, out):
+        np.sum(src, axis=1, out=out)
+        out += np.sum(t, axis=1)
+
+    return ((lambda src, dst: np.copyto(dst, src)),
+            (lambda src, out: np.sum(src, axis=1, out=out)),
+            (lambda src, t, dst: np.add(src, t, out=dst)), read_pair)
+
+
+def _same_shape_target(logits, args):
+    """The target a loss reads element for element beside the logits (BCE, KL, MSE, soft
+    targets), or None (class indices, no target)."""
+    for a in args:
+        if isinstance(a, np.ndarray) and a.shape == logits.shape:
+            return a
+    return None
 
 def parse_shapes(text):
     """``"2048x32768,512x128256"`` -> ``[(2048, 32768), (512, 128256)]`` (any number of
@@ -261,17 +285,25 @@ def _backends_to_run(options):
 
 def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progress):
     """Time one (loss, mode, shape, dtype) on the limit, every backend and every peer."""
-    copy_fn, read_fn = _limits(options.threads)
+    copy_fn, read_fn, add_fn, read_pair_fn = _limits(options.threads)
     logits, args, kwargs = case.inputs(np.random.default_rng(0), shape, _dtype(dtype))
     nbytes = logits.nbytes * (2 if mode == "fused" else 1)
     label = f"{case.loss} {mode} {shape[0]}x{shape[1]} {dtype}"
     buffer = np.empty_like(logits)
+    rows = np.empty(shape[0])
     if mode == "fused":
         t, n, w, _ = _timeit(lambda: copy_fn(logits, buffer), budget)
     else:
-        rows = np.empty(shape[0])
         t, n, w, _ = _timeit(lambda: read_fn(logits, rows), budget)
     group = [Result(case.loss, mode, shape, dtype, "limit", t, n, w, nbytes, "-")]
+    target = _same_shape_target(logits, args)
+    if target is not None:  # the loss's own limit: the target is read once too
+        if mode == "fused":
+            t, n, w, _ = _timeit(lambda: add_fn(logits, target, buffer), budget)
+        else:
+            t, n, w, _ = _timeit(lambda: read_pair_fn(logits, target, rows), budget)
+        group.append(Result(case.loss, mode, shape, dtype, "limit+target", t, n, w,
+                            nbytes + target.nbytes, "-"))
 
     def call(impl):
         if mode == "fused":
@@ -300,12 +332,13 @@ def _run_workload(case, mode, shape, dtype, impls, peers, options, budget, progr
         t, n, w, out = _timeit(fn, budget)
         group.append(Result(case.loss, mode, shape, dtype, name, t, n, w, nbytes,
                             _agrees(out, reference, dtype)))
-    limit = group[0].seconds
+    limit, own = group[0].seconds, group[1 if target is not None else 0].seconds
     numpy_t = next((r.seconds for r in group if r.impl == "numpy"),
                    next(r.seconds for r in group if r.impl == "reference"))
     peer_ts = [r.seconds for r in group if r.impl in ("torch", "jax")]
     for r in group:
         r.ratio_limit = r.seconds / limit
+        r.ratio_own = r.seconds / own
         r.speedup_numpy = numpy_t / r.seconds
         if peer_ts:
             r.speedup_peer = min(peer_ts) / r.seconds
@@ -360,7 +393,7 @@ def _run_gpu_workload(case, mode, shape, dtype, options, budget, progress):
         group.append(Result(case.loss, mode, shape, dtype, "torch-cuda", t, n, w, nbytes,
                             _agrees(out, reference, dtype)))
     for r in group:
-        r.ratio_limit = r.seconds / limit.seconds
+        r.ratio_limit = r.ratio_own = r.seconds / limit.seconds  # cross-entropy: no target
         if torch_fn is not None:
             r.speedup_peer = group[-1].seconds / r.seconds
     return group
@@ -446,7 +479,7 @@ def _times(value) -> str:
 
 
 def render(results, info, console=None):
-    headers = ["loss", "mode", "shape", "dtype", "impl", "ms", "warm-up s", "x limit",
+    headers = ["loss", "mode", "shape", "dtype", "impl", "ms", "warm-up s", "x limit", "x own",
                "vs numpy", "vs peer", "GB/s", "check"]
     rows = []
     for r in results:
@@ -454,13 +487,16 @@ def render(results, info, console=None):
         if any(g.impl == "cuda" and (g.loss, g.mode, g.shape, g.dtype) == (
                 r.loss, r.mode, r.shape, r.dtype) for g in results):
             limit_name = "d2d " + limit_name
-        impl = {"limit": limit_name}.get(r.impl, r.impl)
+        impl = {"limit": limit_name, "limit+target": limit_name + "+target"}.get(r.impl, r.impl)
         rows.append([r.loss, r.mode, f"{r.shape[0]}x{r.shape[1]}", r.dtype, impl,
                      f"{r.seconds * 1e3:.2f}", f"{r.warmup_seconds:.2f}",
-                     _fmt(r.ratio_limit, ".2f"), _times(r.speedup_numpy), _times(r.speedup_peer),
+                     _fmt(r.ratio_limit, ".2f"), _fmt(r.ratio_own, ".2f"),
+                     _times(r.speedup_numpy), _times(r.speedup_peer),
                      f"{r.gbps:.1f}", r.check])
     title = (f"fastloss {info['date']} - {info['cpu']['model']}, {info['threads']} threads; "
              "x limit = time / parallel copy (fused) or read (forward) of the logits; "
+             "x own = time / the loss's own limit, which also reads a target of the logits' "
+             "shape once (copy+target, read+target rows; the copy or read otherwise); "
              "vs numpy/peer = their time / this time (numpy: plain vectorised NumPy in the "
              "input's dtype; reference: the float64 oracle that checks every result); "
              "fused calls write into out=")
@@ -483,9 +519,13 @@ def render(results, info, console=None):
             table.add_section()
         previous = key
         style = "bold red" if row[-1].startswith("WRONG") else (
-            "dim" if r.impl == "limit" else None)
+            "dim" if _is_limit(r.impl) else None)
         table.add_row(*row, style=style)
     (console or Console(width=200)).print(table)
+
+
+def _is_limit(impl) -> bool:
+    return impl in ("limit", "limit+target")
 
 
 def _key(r) -> tuple:
@@ -498,12 +538,13 @@ def compare(results, old_path):
         old = {_key(r): r for r in json.load(f)["results"]}
     print(f"\nagainst {old_path} (now / before; a regression is a larger x limit)")
     print(f"{'loss':<34}{'mode':<8}{'shape':<13}{'dtype':<8}{'impl':<10}"
-          f"{'x limit':>16}{'vs numpy':>18}{'ms':>20}")
+          f"{'x limit':>16}{'x own':>16}{'vs numpy':>18}{'ms':>20}")
     for r in results:
         before = old.get(_key(asdict(r)))
-        if before is None or r.impl == "limit":
+        if before is None or _is_limit(r.impl):
             continue
         now_then = [(r.ratio_limit, before["ratio_limit"]),
+                    (r.ratio_own, before.get("ratio_own", float("nan"))),
                     (r.speedup_numpy, before["speedup_numpy"]),
                     (r.seconds * 1e3, before["seconds"] * 1e3)]
         cells = "".join(f"{_fmt(a, '.2f'):>8} / {_fmt(b, '.2f'):<7}" for a, b in now_then)
@@ -521,7 +562,7 @@ def plot(results, path):
         return f"{r.loss}\n{r.mode}\n{r.shape[0]}x{r.shape[1]} {r.dtype}"
 
     groups = list(dict.fromkeys(key_of(r) for r in results))
-    impls = [i for i in dict.fromkeys(r.impl for r in results) if i != "limit"]
+    impls = [i for i in dict.fromkeys(r.impl for r in results) if not _is_limit(i)]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.5))
     width = 0.8 / max(1, len(impls))
     for j, impl in enumerate(impls):
@@ -530,9 +571,10 @@ def plot(results, path):
             for r in results:
                 if key_of(r) == key and r.impl == impl:
                     xs.append(i + j * width)
-                    ys.append(r.ratio_limit)
+                    ys.append(r.ratio_own)
         ax.bar(xs, ys, width, label=impl)
-    ax.axhline(1.0, color="black", lw=1, ls="--", label="parallel copy / read")
+    ax.axhline(1.0, color="black", lw=1, ls="--",
+               label="own limit: every input read once, the gradient written once")
     ax.set_yscale("log")
     ax.set_ylabel("time / memory-bandwidth limit (lower is better)")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
@@ -567,7 +609,8 @@ def main(options) -> int:
         print(f"per call at 64x10 ({dtype}, cross-entropy fused into out=, "
               f"backend auto): fastloss {small['fastloss']:.1f} us, plain NumPy "
               f"{small['numpy']:.1f} us, np.empty_like {small['empty_like']:.2f} us")
-    if not any(r.impl not in ("reference", "numpy", "limit", "torch", "jax") for r in results):
+    if not any(r.impl not in ("reference", "numpy", "torch", "jax") and not _is_limit(r.impl)
+               for r in results):
         print("no accelerated backend is available: only the NumPy reference was timed")
     if getattr(options, "compare", None):
         compare(results, options.compare)

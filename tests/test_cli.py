@@ -50,7 +50,7 @@ def test_bench_quick_json_and_plot(tmp_path):
     assert modes == {("cross_entropy", "forward"), ("cross_entropy", "fused")}
     assert data["machine"]["cpu"]["cores"] >= 1 and "numpy" in data["machine"]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "cross_entropy" in out and "x limit" in out
+    assert "cross_entropy" in out and "x limit" in out and "x own" in out
 
 
 def test_bench_all_losses_and_options(tmp_path):
@@ -60,7 +60,24 @@ def test_bench_all_losses_and_options(tmp_path):
     results = json.loads(report.read_text())["results"]
     assert {r["loss"] for r in results} == set(LOSSES)
     assert {r["dtype"] for r in results} == {"float64"}
-    assert {r["impl"] for r in results} == {"limit", "reference", "numpy"}
+    assert {r["impl"] for r in results} == {"limit", "limit+target", "reference", "numpy"}
+    groups = {}
+    for r in results:
+        groups.setdefault((r["loss"], r["mode"], tuple(r["shape"])), {})[r["impl"]] = r
+    # a loss's own limit also reads its target when that has the logits' shape, and every
+    # row's "x own" is its time over that limit (the copy or read of the logits otherwise)
+    with_target = {loss for (loss, _, _), g in groups.items() if "limit+target" in g}
+    assert {"binary_cross_entropy_with_logits", "kl_divergence", "mse_loss"} <= with_target
+    assert "cross_entropy" not in with_target and "entropy" not in with_target
+    for g in groups.values():
+        limit = g["limit"]
+        own = g.get("limit+target", limit)
+        if own is not limit:
+            assert own["bytes_moved"] == limit["bytes_moved"] * (1.5 if limit["mode"] ==
+                                                                 "fused" else 2)
+        for r in g.values():
+            assert r["ratio_own"] == pytest.approx(r["seconds"] / own["seconds"])
+            assert r["ratio_limit"] == pytest.approx(r["seconds"] / limit["seconds"])
 
 
 def test_bench_selects_losses_and_compares_with_an_earlier_run(tmp_path):
@@ -74,7 +91,7 @@ def test_bench_selects_losses_and_compares_with_an_earlier_run(tmp_path):
     lines = [line for line in out.splitlines() if line.startswith(("kl_divergence", "mse_loss"))
              and " / " in line]
     # every timed implementation of every workload, beside its old figures
-    assert len(lines) == len([r for r in results if r["impl"] != "limit"])
+    assert len(lines) == len([r for r in results if not r["impl"].startswith("limit")])
 
 
 def test_bench_unknown_loss_is_an_error():

@@ -815,6 +815,37 @@ def _copy_rows_twice(lo, hi, src, dst1, dst2):
             out2[k] = row[k]
 
 
+@njit(**KERNEL)
+def _add_rows(lo, hi, src, other, dst):
+    for i in range(lo, hi):
+        row, row2, out = src[i], other[i], dst[i]
+        for k in range(row.shape[0]):
+            out[k] = row[k] + row2[k]
+
+
+@njit(**KERNEL)
+def _read_rows_pair(lo, hi, src, other, out):
+    for i in range(lo, hi):
+        row, row2 = src[i], other[i]
+        s = like(0.0, row)
+        for k in range(row.shape[0]):
+            s += row[k] + row2[k]
+        out[i] = s
+
+
+def parallel_add(src, other, dst, n_threads=None):
+    """The physical limit of a fused loss whose target has the logits' shape (BCE, KL,
+    MSE, ...): read the logits and the target once each, write the gradient once."""
+    run_ranges(_add_rows, src.shape[0], src.shape[1], n_threads or os.cpu_count() or 1,
+               src, other, dst)
+
+
+def parallel_read_pair(src, other, out, n_threads=None):
+    """The physical limit of such a loss's forward pass: read the logits and the target."""
+    run_ranges(_read_rows_pair, src.shape[0], src.shape[1], n_threads or os.cpu_count() or 1,
+               src, other, out)
+
+
 def parallel_copy_twice(src, dst1, dst2, n_threads=None):
     """The physical limit of gradient + Hessian: read every score, write two outputs."""
     run_ranges(_copy_rows_twice, src.shape[0], src.shape[1], n_threads or os.cpu_count() or 1,
