@@ -141,7 +141,7 @@ def test_cython_backend_declares_exactly_the_private_header():
     rows = parse_header(os.path.join(EXT, "src", "rows.h"))["functions"]
     del rows["fl_parallel_rows"]  # threads.c's, not the backend's
     pyx = parse_cython_extern(os.path.join(EXT, "_cython.pyx"), "rows.h")["functions"]
-    assert pyx == rows and len(rows) == 29
+    assert pyx == rows and len(rows) == 30
 
 
 # ------------------------------------------------------------------ ctypes: the library
@@ -263,21 +263,26 @@ def test_an_older_smaller_options_struct_gets_defaults_for_the_rest(lib, rng):
 
 @built
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("probs", [False, True])
+@pytest.mark.parametrize("probs", [False, True, "plain"])
 def test_grad_scale_multiplies_the_gradient_only(lib, dtype, probs, rng):
     """grad_scale (e.g. 1/N for a mean, as the JAX handler uses it) scales the whole gradient,
-    z-loss term included, and leaves the per-row losses alone."""
-    n, c = 9, 13
+    z-loss term included, and leaves the per-row losses alone.  "plain": class indices and
+    no options, 10 classes and 37 rows (the short-row tiles, the last one partly filled)."""
+    n, c = (37, 10) if probs == "plain" else (9, 13)
     x = (rng.standard_normal((n, c)) * 3).astype(dtype)
-    if probs:
+    if probs is True:
         target = rng.random((n, c)).astype(dtype)
         target /= target.sum(1, keepdims=True)
     else:
         target = rng.integers(0, c, n)
         target[4] = -100
     options = {"z_loss": 1e-2, "softcap": 6.0, "temperature": 1.3, "label_smoothing": 0.1}
-    el, eg = reference.cross_entropy(x, target, None, -100, 0.1, softcap=6.0,
-                                     temperature=1.3, z_loss=1e-2)
+    if probs == "plain":
+        options = {}
+        el, eg = reference.cross_entropy(x, target, None, -100, 0.0)
+    else:
+        el, eg = reference.cross_entropy(x, target, None, -100, 0.1, softcap=6.0,
+                                         temperature=1.3, z_loss=1e-2)
     for scale in (0.25, -3.0, 0.0):
         status, loss, grad = call_ce(lib, x, target, ce_options(lib, grad_scale=scale,
                                                                 **options))

@@ -17,7 +17,6 @@ from fastloss._numpy_kernels import as_rows, empty  # host memory, as the refere
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from libc.stdint cimport int64_t, uint16_t
-from libc.stdlib cimport free, malloc
 
 from fastloss._ext.fastloss cimport (
     FASTLOSS_E_MEMORY,
@@ -34,15 +33,15 @@ cdef extern from "rows.h" nogil:
                                   const double *weight, int64_t ignore_index,
                                   double label_smoothing, double softcap,
                                   double inv_temperature, double z_grad,
-                                  const double *row_scale, double *loss, double *lse,
-                                  float *grad, int n_threads)
+                                  const double *row_scale, double scale, double *loss,
+                                  double *lse, float *grad, int n_threads)
     int fl_cross_entropy_rows_f64(int64_t n, int64_t c, const double *x,
                                   const int64_t *target_index, const double *target_prob,
                                   const double *weight, int64_t ignore_index,
                                   double label_smoothing, double softcap,
                                   double inv_temperature, double z_grad,
-                                  const double *row_scale, double *loss, double *lse,
-                                  double *grad, int n_threads)
+                                  const double *row_scale, double scale, double *loss,
+                                  double *lse, double *grad, int n_threads)
     int fl_cross_entropy_grad_hess_rows_f32(int64_t n, int64_t c, const float *x,
                                             const int64_t *target_index,
                                             const float *target_prob,
@@ -114,8 +113,9 @@ cdef extern from "rows.h" nogil:
                                   const void *target_prob, const double *weight,
                                   int64_t ignore_index, double label_smoothing,
                                   double softcap, double inv_temperature, double z_grad,
-                                  const double *row_scale, double *loss, double *lse,
-                                  uint16_t *grad, int n_threads)
+                                  const double *row_scale, double scale, double *loss,
+                                  double *lse, uint16_t *grad, int n_threads)
+    int fl_indices_below(int64_t n, const int64_t *target, int64_t c)
     int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                   int target_format, const void *target, int log_target,
                                   const double *row_scale, double *loss, uint16_t *grad,
@@ -255,11 +255,11 @@ cdef int _cross_entropy(const real[:, ::1] x, target, const double[::1] weight,
         if real is float:
             status = fl_cross_entropy_rows_f32(n, c, &x[0, 0], ip, pp, w, ignore_index,
                                                label_smoothing, softcap, inv_temperature,
-                                               z_grad, sc, lo, ls, g, n_threads)
+                                               z_grad, sc, 1.0, lo, ls, g, n_threads)
         else:
             status = fl_cross_entropy_rows_f64(n, c, &x[0, 0], ip, pp, w, ignore_index,
                                                label_smoothing, softcap, inv_temperature,
-                                               z_grad, sc, lo, ls, g, n_threads)
+                                               z_grad, sc, 1.0, lo, ls, g, n_threads)
     return _check(status)
 
 cdef int _cross_entropy_h16(int fmt, x, target, const double[::1] weight,
@@ -286,7 +286,7 @@ cdef int _cross_entropy_h16(int fmt, x, target, const double[::1] weight,
     with nogil:
         status = fl_cross_entropy_rows_h16(n, c, fmt, xp, ip, tfmt, pp, w, ignore_index,
                                            label_smoothing, softcap, inv_temperature, z_grad,
-                                           sc, lo, ls, g, n_threads)
+                                           sc, 1.0, lo, ls, g, n_threads)
     return _check(status)
 
 
@@ -312,40 +312,30 @@ def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv
 
 cdef object _ce_index_fast(Py_buffer *bx, Py_buffer *bt, Py_buffer *bg, double scale,
                            int n_threads):
-    cdef int64_t n = bx.shape[0], c = bx.shape[1], i
+    cdef int64_t n = bx.shape[0], c = bx.shape[1]
     cdef const int64_t *target = <const int64_t *>bt.buf
     if (bx.ndim != 2 or bx.itemsize not in (4, 8) or bt.ndim != 1 or bt.itemsize != 8
             or bt.shape[0] != n or (bg != NULL and (bg.ndim != 2 or bg.shape[0] != n
                                                     or bg.shape[1] != c
                                                     or bg.itemsize != bx.itemsize))):
         raise ValueError("cross_entropy_index_fast: arrays of the wrong shape or dtype")
-    for i in range(n):  # with the GIL: a few ns a row, less than releasing it
-        if target[i] < 0 or target[i] >= c:
-            return None
+    if not fl_indices_below(n, target, c):  # with the GIL: a fraction of a ns a row
+        return None
     loss = np.empty(n)
     cdef Py_buffer bl
     PyObject_GetBuffer(loss, &bl, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
     cdef double *lo = <double *>bl.buf
     cdef void *g = NULL if bg == NULL else bg.buf
-    cdef double *sc = NULL
     cdef int status
-    if g != NULL and scale != 1.0:
-        sc = <double *>malloc(n * sizeof(double))
-        if sc == NULL:
-            PyBuffer_Release(&bl)
-            raise MemoryError()
-        for i in range(n):
-            sc[i] = scale
-    with nogil:
+    with nogil:  # the same scale for every row: no array of them
         if bx.itemsize == 4:
             status = fl_cross_entropy_rows_f32(n, c, <const float *>bx.buf, target, NULL, NULL,
-                                               -100, 0.0, 0.0, 1.0, 0.0, sc, lo, NULL,
-                                               <float *>g, n_threads)
+                                               -100, 0.0, 0.0, 1.0, 0.0, NULL, scale, lo,
+                                               NULL, <float *>g, n_threads)
         else:
             status = fl_cross_entropy_rows_f64(n, c, <const double *>bx.buf, target, NULL,
-                                               NULL, -100, 0.0, 0.0, 1.0, 0.0, sc, lo, NULL,
-                                               <double *>g, n_threads)
-    free(sc)
+                                               NULL, -100, 0.0, 0.0, 1.0, 0.0, NULL, scale,
+                                               lo, NULL, <double *>g, n_threads)
     PyBuffer_Release(&bl)
     _check(status)
     return loss

@@ -227,6 +227,7 @@ static int check_input(int64_t n, const void *p) {
 static int check_targets(int64_t n, int64_t c, const int64_t *target, int has_ignore,
                          int64_t ignore_index) {
     if (n > 0 && !target) return FASTLOSS_E_NULL;
+    if (fl_indices_below(n, target, c)) return FASTLOSS_OK; /* the common case, vectorised */
     for (int64_t i = 0; i < n; ++i)
         if ((target[i] < 0 || target[i] >= c) && !(has_ignore && target[i] == ignore_index))
             return FASTLOSS_E_TARGET;

@@ -585,6 +585,15 @@ static int fl_wide_allowed(void) { return 0; }
 #undef EN
 
 #if FL_EMIT_F32
+/* Whether every target[i] is in [0, c): one unsigned compare an index, without an early
+   exit, so that the loop vectorises (the common case is that they all are). */
+FL_CLONES int fl_indices_below(int64_t n, const int64_t *target, int64_t c) {
+    uint64_t bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t i = 0; i < n; ++i) bad |= (uint64_t)target[i] >= (uint64_t)c;
+    return bad == 0;
+}
+
 /* ------------------------------------------------------------------ 16-bit logits
  *
  * bfloat16 and float16 logits (and their gradient) are read and written in their own 16-bit
@@ -684,12 +693,13 @@ int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *
                               const void *target_prob, const double *weight,
                               int64_t ignore_index, double label_smoothing, double softcap,
                               double inv_temperature, double z_grad, const double *row_scale,
-                              double *loss, double *lse, uint16_t *grad, int n_threads) {
+                              double scale, double *loss, double *lse, uint16_t *grad,
+                              int n_threads) {
     linear_args_f32 a;
     const float *t = FL_FLOAT_TARGET(target_prob, target_format);
     const fl_chunk_fn chunk =
         ce_args_f32(&a, c, NULL, target_index, t, weight, ignore_index, label_smoothing,
-                    softcap, inv_temperature, z_grad, row_scale, loss, lse, NULL);
+                    softcap, inv_temperature, z_grad, row_scale, scale, loss, lse, NULL);
     return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk,
                        1, &a, n_threads);
 }

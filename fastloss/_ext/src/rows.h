@@ -5,7 +5,8 @@
  * Conventions (docs/design.md section 2, the kernel protocol):
  *   x (n*c) logits; per-row losses are written in double into loss (may be NULL);
  *   grad (may be NULL, may equal x) receives scale * d loss / d x, the scale being
- *   row_scale[i] for the row losses (NULL: 1) or scale[i*scale_rs + k*scale_cs] for the
+ *   row_scale[i] for the row losses (NULL: cross-entropy's scale argument, 1 for the
+ *   others) or scale[i*scale_rs + k*scale_cs] for the
  *   elementwise ones (strides in doubles, 0 to broadcast; NULL: 1);
  *   elementwise losses write loss[i*c + k], or the row sums loss[i] when row_sums != 0;
  *   weight / pos_weight are double (NULL: ones); n_threads <= 0 means every online CPU.
@@ -34,21 +35,22 @@ extern "C" {
    tanh(x / softcap) (softcap 0: none; -inf stays -inf), then z *= inv_temperature.  lse
    (n, may be NULL) receives logsumexp(z_i), 0 for ignored rows.  z_grad adds
    row_scale_i * z_grad * 2 * lse_i * p_ic to the gradient of every counted row (before the
-   chain rule through the transform). */
+   chain rule through the transform).  The gradient of row i is multiplied by row_scale[i],
+   or by scale when row_scale is NULL (a mean's 1 / N without an array of them). */
 FL_PRIVATE int fl_cross_entropy_rows_f32(int64_t n, int64_t c, const float *x,
                                          const int64_t *target_index, const float *target_prob,
                                          const double *weight, int64_t ignore_index,
                                          double label_smoothing, double softcap,
                                          double inv_temperature, double z_grad,
-                                         const double *row_scale, double *loss, double *lse,
-                                         float *grad, int n_threads);
+                                         const double *row_scale, double scale, double *loss,
+                                         double *lse, float *grad, int n_threads);
 FL_PRIVATE int fl_cross_entropy_rows_f64(int64_t n, int64_t c, const double *x,
                                          const int64_t *target_index, const double *target_prob,
                                          const double *weight, int64_t ignore_index,
                                          double label_smoothing, double softcap,
                                          double inv_temperature, double z_grad,
-                                         const double *row_scale, double *loss, double *lse,
-                                         double *grad, int n_threads);
+                                         const double *row_scale, double scale, double *loss,
+                                         double *lse, double *grad, int n_threads);
 
 /* Gradient boosting: the gradient and diagonal Hessian of the cross-entropy of each row
    against class indices (target_index) or probabilities (target_prob), label smoothing,
@@ -133,6 +135,9 @@ FL_PRIVATE int fl_logsumexp_rows_f32(int64_t n, int64_t c, const float *x, doubl
 FL_PRIVATE int fl_logsumexp_rows_f64(int64_t n, int64_t c, const double *x, double *out,
                                      int n_threads);
 
+/* Whether every target[i] (n of them) is in [0, c). */
+FL_PRIVATE int fl_indices_below(int64_t n, const int64_t *target, int64_t c);
+
 /* 16-bit logits (format 1: bfloat16, 2: IEEE float16), stored as uint16_t: the float
    kernels' math, the gradient (may equal x) rounded to nearest even in the same format.
    Probability targets: float (target_format 0) or 16-bit (target_format 1 or 2). */
@@ -141,8 +146,8 @@ FL_PRIVATE int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const
                                          const void *target_prob, const double *weight,
                                          int64_t ignore_index, double label_smoothing,
                                          double softcap, double inv_temperature, double z_grad,
-                                         const double *row_scale, double *loss, double *lse,
-                                         uint16_t *grad, int n_threads);
+                                         const double *row_scale, double scale, double *loss,
+                                         double *lse, uint16_t *grad, int n_threads);
 FL_PRIVATE int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                          int target_format, const void *target, int log_target,
                                          const double *row_scale, double *loss, uint16_t *grad,
