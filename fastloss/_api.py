@@ -112,7 +112,7 @@ def _loss(name, want_grad, logits, target, options, reduction, backend, n_thread
         if go.ndim == 0:
             value = float(go) * (inv_denominator if mean else 1.0)
             scale = (np.broadcast_to(np.float64(value), (n_rows, n_cols)) if spec.elementwise
-                     else np.full(n_rows, value))
+                     else value)  # a float: every row's factor (the kernel protocol)
         else:
             scale = go.reshape(n_rows, n_cols) if spec.elementwise else \
                 np.ascontiguousarray(go.reshape(-1))
@@ -247,7 +247,7 @@ def _fast_cross_entropy_run(logits, target, reduction, threads, grad, module=Non
         if not V.indices_below(target, n_cols):
             return None
         loss_rows = np.empty(n_rows)
-        scale = np.full(n_rows, value) if grad is not None else None
+        scale = value if grad is not None else None
         module.cross_entropy(logits, target, _ONES.get(n_cols), -100, 0.0, 0.0, 1.0, 0.0,
                              scale, loss_rows, None, grad, threads)
     if reduction == "none":
@@ -281,7 +281,7 @@ def _fast_loss(name, logits, target, reduction, backend, n_threads, want_grad, o
     scale = grad = None
     if want_grad:
         scale = (np.broadcast_to(np.float64(value), logits.shape) if spec.elementwise
-                 else np.full(n_rows, value))
+                 else value)
         grad = out if out is not None else np.empty(logits.shape, logits.dtype)
     per_element = spec.elementwise and reduction == "none"
     loss_rows = np.empty(logits.shape if per_element else n_rows)

@@ -26,12 +26,20 @@ def empty(shape, dtype):
     return np.empty(shape, dtype=dtype)
 
 
+def row_scales(scale, n_rows):
+    """The row losses' ``scale`` as an array of each row's factor (or None): a float (one
+    factor for every row, see the kernel protocol) becomes ``n_rows`` copies of it, for the
+    backends whose kernels read an array."""
+    return np.full(n_rows, scale) if isinstance(scale, float) else scale
+
+
 def _store(loss_out, loss, grad_out, grad, scale, ignored=None):
     if loss_out.ndim == 1 and loss.ndim == 2:
         loss = loss.sum(axis=1)
     loss_out[...] = loss
     if grad_out is None:
         return
+    scale = np.asarray(scale)  # a float: every row's factor
     if scale.ndim == 1:
         scale = scale[:, None]
     with np.errstate(invalid="ignore", over="ignore"):

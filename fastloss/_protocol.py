@@ -3,7 +3,10 @@
 The Python layer (:mod:`fastloss._api`) validates every argument, picks a backend, allocates
 the outputs through the backend and calls one of these kernels; the kernels check nothing.
 ``x`` is a C-contiguous ``(N, C)`` float32/float64 array; ``scale`` is ``grad_output``
-divided by the mean's denominator (``None``: forward only); ``loss`` receives float64 values
+divided by the mean's denominator (``None``: forward only): for the row losses (cross-entropy,
+KL, softmax MSE, entropy) an ``(N,)`` array of each row's factor or one float for every row
+(a scalar ``grad_output``: no array of copies), for the elementwise ones an array that
+broadcasts to ``(N, C)``; ``loss`` receives float64 values
 per row (per element or per row for the elementwise losses); ``grad`` receives
 ``scale * d loss / d x`` and may be ``x`` itself.  ``n_threads`` is the most threads the call
 may use: there is no global thread count.
@@ -31,7 +34,7 @@ class Kernels(Protocol):
 
     def cross_entropy(self, x: Array, target: Array, weight: Array, ignore_index: int,
                       label_smoothing: float, softcap: float, inv_temperature: float,
-                      z_grad: float, scale: Array | None, loss: Array,
+                      z_grad: float, scale: Array | float | None, loss: Array,
                       lse: Array | None, grad: Array | None, n_threads: int) -> None:
         """Softmax cross-entropy per row (class indices ``(N,)`` int64 or probabilities).
 
@@ -45,16 +48,16 @@ class Kernels(Protocol):
                              grad: Array | None, n_threads: int) -> None:
         """Elementwise sigmoid BCE; ``weight`` a float64 ``(N, C)`` view (any strides)."""
 
-    def softmax_mse(self, x: Array, target: Array, scale: Array | None, loss: Array,
+    def softmax_mse(self, x: Array, target: Array, scale: Array | float | None, loss: Array,
                     grad: Array | None, n_threads: int) -> None:
         """Sum of squared errors between the softmax and one-hot indices or probabilities."""
 
     def kl_divergence(self, x: Array, target: Array, log_target: bool,
-                      scale: Array | None, loss: Array, grad: Array | None,
+                      scale: Array | float | None, loss: Array, grad: Array | None,
                       n_threads: int) -> None:
         """KL(target || softmax(x)) per row."""
 
-    def entropy(self, x: Array, scale: Array | None, loss: Array, grad: Array | None,
+    def entropy(self, x: Array, scale: Array | float | None, loss: Array, grad: Array | None,
                 n_threads: int) -> None:
         """Entropy of softmax(x) per row."""
 

@@ -59,23 +59,23 @@ cdef extern from "rows.h" nogil:
                                             int64_t grad_cs, double *hess, int64_t hess_rs,
                                             int64_t hess_cs, int n_threads)
     int fl_kl_divergence_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
-                                  int log_target, const double *row_scale, double *loss,
-                                  float *grad, int n_threads)
+                                  int log_target, const double *row_scale, double scale,
+                                  double *loss, float *grad, int n_threads)
     int fl_kl_divergence_rows_f64(int64_t n, int64_t c, const double *x, const double *target,
-                                  int log_target, const double *row_scale, double *loss,
-                                  double *grad, int n_threads)
+                                  int log_target, const double *row_scale, double scale,
+                                  double *loss, double *grad, int n_threads)
     int fl_softmax_mse_rows_f32(int64_t n, int64_t c, const float *x,
                                 const int64_t *target_index, const float *target_prob,
-                                const double *row_scale, double *loss, float *grad,
-                                int n_threads)
+                                const double *row_scale, double scale, double *loss,
+                                float *grad, int n_threads)
     int fl_softmax_mse_rows_f64(int64_t n, int64_t c, const double *x,
                                 const int64_t *target_index, const double *target_prob,
-                                const double *row_scale, double *loss, double *grad,
-                                int n_threads)
+                                const double *row_scale, double scale, double *loss,
+                                double *grad, int n_threads)
     int fl_entropy_rows_f32(int64_t n, int64_t c, const float *x, const double *row_scale,
-                            double *loss, float *grad, int n_threads)
+                            double scale, double *loss, float *grad, int n_threads)
     int fl_entropy_rows_f64(int64_t n, int64_t c, const double *x, const double *row_scale,
-                            double *loss, double *grad, int n_threads)
+                            double scale, double *loss, double *grad, int n_threads)
     int fl_bce_rows_f32(int64_t n, int64_t c, const float *x, const float *target,
                         const double *weight, int64_t weight_rs, int64_t weight_cs,
                         const double *pos_weight, const double *scale, int64_t scale_rs,
@@ -118,14 +118,14 @@ cdef extern from "rows.h" nogil:
     int fl_indices_below(int64_t n, const int64_t *target, int64_t c)
     int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                   int target_format, const void *target, int log_target,
-                                  const double *row_scale, double *loss, uint16_t *grad,
-                                  int n_threads)
+                                  const double *row_scale, double scale, double *loss,
+                                  uint16_t *grad, int n_threads)
     int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                 const int64_t *target_index, int target_format,
-                                const void *target_prob, const double *row_scale,
+                                const void *target_prob, const double *row_scale, double scale,
                                 double *loss, uint16_t *grad, int n_threads)
     int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                            const double *row_scale, double *loss, uint16_t *grad,
+                            const double *row_scale, double scale, double *loss, uint16_t *grad,
                             int n_threads)
     int fl_bce_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                         int target_format, const void *target, const double *weight,
@@ -229,9 +229,19 @@ cdef inline int64_t _stride(const double[:, :] a, int axis) noexcept:
 
 # ------------------------------------------------------------------ cross-entropy
 
+cdef tuple _row_scale(scale):
+    """The row losses' ``scale`` (kernel protocol): an array of each row's factor, None (1),
+    or one float for every row (a mean's 1 / N, passed to the kernels without an array).
+    Returns ``(uniform, array or None)``."""
+    if isinstance(scale, float):
+        return float(scale), None
+    return 1.0, scale
+
+
 cdef int _cross_entropy(const real[:, ::1] x, target, const double[::1] weight,
                         int64_t ignore_index, double label_smoothing, double softcap,
                         double inv_temperature, double z_grad, const double[::1] scale,
+                        double uniform,
                         double[::1] loss, double[::1] lse, real[:, ::1] grad,
                         int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
@@ -255,16 +265,17 @@ cdef int _cross_entropy(const real[:, ::1] x, target, const double[::1] weight,
         if real is float:
             status = fl_cross_entropy_rows_f32(n, c, &x[0, 0], ip, pp, w, ignore_index,
                                                label_smoothing, softcap, inv_temperature,
-                                               z_grad, sc, 1.0, lo, ls, g, n_threads)
+                                               z_grad, sc, uniform, lo, ls, g, n_threads)
         else:
             status = fl_cross_entropy_rows_f64(n, c, &x[0, 0], ip, pp, w, ignore_index,
                                                label_smoothing, softcap, inv_temperature,
-                                               z_grad, sc, 1.0, lo, ls, g, n_threads)
+                                               z_grad, sc, uniform, lo, ls, g, n_threads)
     return _check(status)
 
 cdef int _cross_entropy_h16(int fmt, x, target, const double[::1] weight,
                             int64_t ignore_index, double label_smoothing, double softcap,
                             double inv_temperature, double z_grad, const double[::1] scale,
+                            double uniform,
                             double[::1] loss, double[::1] lse, grad, int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef const uint16_t *xp = _bits_in(x)
@@ -286,7 +297,7 @@ cdef int _cross_entropy_h16(int fmt, x, target, const double[::1] weight,
     with nogil:
         status = fl_cross_entropy_rows_h16(n, c, fmt, xp, ip, tfmt, pp, w, ignore_index,
                                            label_smoothing, softcap, inv_temperature, z_grad,
-                                           sc, 1.0, lo, ls, g, n_threads)
+                                           sc, uniform, lo, ls, g, n_threads)
     return _check(status)
 
 
@@ -299,15 +310,18 @@ def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv
     float64 or None receives the logsumexp of each transformed row (0 when ignored).
     """
     cdef int fmt = _half_format(x.dtype)
+    uniform, scale = _row_scale(scale)
     if fmt:
         _cross_entropy_h16(fmt, x, target, weight, ignore_index, label_smoothing, softcap,
-                           inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
+                           inv_temperature, z_grad, scale, uniform, loss, lse, grad, n_threads)
     elif x.dtype == np.float32:
         _cross_entropy[float](x, target, weight, ignore_index, label_smoothing, softcap,
-                              inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
+                              inv_temperature, z_grad, scale, uniform, loss, lse, grad,
+                              n_threads)
     else:
         _cross_entropy[double](x, target, weight, ignore_index, label_smoothing, softcap,
-                               inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
+                               inv_temperature, z_grad, scale, uniform, loss, lse, grad,
+                               n_threads)
 
 
 cdef object _ce_index_fast(Py_buffer *bx, Py_buffer *bt, Py_buffer *bg, double scale,
@@ -522,7 +536,7 @@ def binary_cross_entropy_grad_hess(x, target, sample_weight, hessian_scale, min_
 
 # ------------------------------------------------------------------ softmax MSE
 
-cdef int _softmax_mse(const real[:, ::1] x, target, const double[::1] scale,
+cdef int _softmax_mse(const real[:, ::1] x, target, const double[::1] scale, double uniform,
                       double[::1] loss, real[:, ::1] grad, int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef real *g = NULL if grad is None else &grad[0, 0]
@@ -541,13 +555,16 @@ cdef int _softmax_mse(const real[:, ::1] x, target, const double[::1] scale,
         pp = &probs[0, 0]
     with nogil:
         if real is float:
-            status = fl_softmax_mse_rows_f32(n, c, &x[0, 0], ip, pp, sc, lo, g, n_threads)
+            status = fl_softmax_mse_rows_f32(n, c, &x[0, 0], ip, pp, sc, uniform, lo, g,
+                                             n_threads)
         else:
-            status = fl_softmax_mse_rows_f64(n, c, &x[0, 0], ip, pp, sc, lo, g, n_threads)
+            status = fl_softmax_mse_rows_f64(n, c, &x[0, 0], ip, pp, sc, uniform, lo, g,
+                                             n_threads)
     return _check(status)
 
 
-cdef int _softmax_mse_h16(int fmt, x, target, const double[::1] scale, double[::1] loss,
+cdef int _softmax_mse_h16(int fmt, x, target, const double[::1] scale,
+                          double uniform, double[::1] loss,
                           grad, int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef const uint16_t *xp = _bits_in(x)
@@ -565,24 +582,27 @@ cdef int _softmax_mse_h16(int fmt, x, target, const double[::1] scale, double[::
     else:
         pp = _probs(target, &tfmt)
     with nogil:
-        status = fl_softmax_mse_rows_h16(n, c, fmt, xp, ip, tfmt, pp, sc, lo, g, n_threads)
+        status = fl_softmax_mse_rows_h16(n, c, fmt, xp, ip, tfmt, pp, sc, uniform, lo, g,
+                                             n_threads)
     return _check(status)
 
 
 def softmax_mse(x, target, scale, loss, grad, n_threads):
     cdef int fmt = _half_format(x.dtype)
+    uniform, scale = _row_scale(scale)
     if fmt:
-        _softmax_mse_h16(fmt, x, target, scale, loss, grad, n_threads)
+        _softmax_mse_h16(fmt, x, target, scale, uniform, loss, grad, n_threads)
     elif x.dtype == np.float32:
-        _softmax_mse[float](x, target, scale, loss, grad, n_threads)
+        _softmax_mse[float](x, target, scale, uniform, loss, grad, n_threads)
     else:
-        _softmax_mse[double](x, target, scale, loss, grad, n_threads)
+        _softmax_mse[double](x, target, scale, uniform, loss, grad, n_threads)
 
 
 # ------------------------------------------------------------------ KL divergence
 
 cdef int _kl_divergence(const real[:, ::1] x, const real[:, ::1] target, bint log_target,
-                        const double[::1] scale, double[::1] loss, real[:, ::1] grad,
+                        const double[::1] scale,
+                        double uniform, double[::1] loss, real[:, ::1] grad,
                         int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef real *g = NULL if grad is None else &grad[0, 0]
@@ -592,15 +612,15 @@ cdef int _kl_divergence(const real[:, ::1] x, const real[:, ::1] target, bint lo
     with nogil:
         if real is float:
             status = fl_kl_divergence_rows_f32(n, c, &x[0, 0], &target[0, 0], log_target, sc,
-                                               lo, g, n_threads)
+                                               uniform, lo, g, n_threads)
         else:
             status = fl_kl_divergence_rows_f64(n, c, &x[0, 0], &target[0, 0], log_target, sc,
-                                               lo, g, n_threads)
+                                               uniform, lo, g, n_threads)
     return _check(status)
 
 
 cdef int _kl_divergence_h16(int fmt, x, target, bint log_target,
-                            const double[::1] scale, double[::1] loss, grad,
+                            const double[::1] scale, double uniform, double[::1] loss, grad,
                             int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef const uint16_t *xp = _bits_in(x)
@@ -611,24 +631,25 @@ cdef int _kl_divergence_h16(int fmt, x, target, bint log_target,
     cdef const void *tp = _probs(target, &tfmt)
     cdef int status
     with nogil:
-        status = fl_kl_divergence_rows_h16(n, c, fmt, xp, tfmt, tp, log_target, sc, lo, g,
-                                           n_threads)
+        status = fl_kl_divergence_rows_h16(n, c, fmt, xp, tfmt, tp, log_target, sc, uniform,
+                                           lo, g, n_threads)
     return _check(status)
 
 
 def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
     cdef int fmt = _half_format(x.dtype)
+    uniform, scale = _row_scale(scale)
     if fmt:
-        _kl_divergence_h16(fmt, x, target, log_target, scale, loss, grad, n_threads)
+        _kl_divergence_h16(fmt, x, target, log_target, scale, uniform, loss, grad, n_threads)
     elif x.dtype == np.float32:
-        _kl_divergence[float](x, target, log_target, scale, loss, grad, n_threads)
+        _kl_divergence[float](x, target, log_target, scale, uniform, loss, grad, n_threads)
     else:
-        _kl_divergence[double](x, target, log_target, scale, loss, grad, n_threads)
+        _kl_divergence[double](x, target, log_target, scale, uniform, loss, grad, n_threads)
 
 
 # ------------------------------------------------------------------ entropy
 
-cdef int _entropy(const real[:, ::1] x, const double[::1] scale, double[::1] loss,
+cdef int _entropy(const real[:, ::1] x, const double[::1] scale, double uniform, double[::1] loss,
                   real[:, ::1] grad, int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef real *g = NULL if grad is None else &grad[0, 0]
@@ -637,13 +658,13 @@ cdef int _entropy(const real[:, ::1] x, const double[::1] scale, double[::1] los
     cdef int status
     with nogil:
         if real is float:
-            status = fl_entropy_rows_f32(n, c, &x[0, 0], sc, lo, g, n_threads)
+            status = fl_entropy_rows_f32(n, c, &x[0, 0], sc, uniform, lo, g, n_threads)
         else:
-            status = fl_entropy_rows_f64(n, c, &x[0, 0], sc, lo, g, n_threads)
+            status = fl_entropy_rows_f64(n, c, &x[0, 0], sc, uniform, lo, g, n_threads)
     return _check(status)
 
 
-cdef int _entropy_h16(int fmt, x, const double[::1] scale, double[::1] loss, grad,
+cdef int _entropy_h16(int fmt, x, const double[::1] scale, double uniform, double[::1] loss, grad,
                       int n_threads) except -1:
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef const uint16_t *xp = _bits_in(x)
@@ -652,18 +673,19 @@ cdef int _entropy_h16(int fmt, x, const double[::1] scale, double[::1] loss, gra
     cdef double *lo = _out(loss)
     cdef int status
     with nogil:
-        status = fl_entropy_rows_h16(n, c, fmt, xp, sc, lo, g, n_threads)
+        status = fl_entropy_rows_h16(n, c, fmt, xp, sc, uniform, lo, g, n_threads)
     return _check(status)
 
 
 def entropy(x, scale, loss, grad, n_threads):
     cdef int fmt = _half_format(x.dtype)
+    uniform, scale = _row_scale(scale)
     if fmt:
-        _entropy_h16(fmt, x, scale, loss, grad, n_threads)
+        _entropy_h16(fmt, x, scale, uniform, loss, grad, n_threads)
     elif x.dtype == np.float32:
-        _entropy[float](x, scale, loss, grad, n_threads)
+        _entropy[float](x, scale, uniform, loss, grad, n_threads)
     else:
-        _entropy[double](x, scale, loss, grad, n_threads)
+        _entropy[double](x, scale, uniform, loss, grad, n_threads)
 
 
 # ------------------------------------------------------------------ MSE

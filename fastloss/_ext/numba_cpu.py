@@ -23,7 +23,11 @@ import os
 import numpy as np
 from numba import njit
 
-from .._numpy_kernels import as_rows, empty  # noqa: F401 (host memory, as the reference)
+from .._numpy_kernels import (  # noqa: F401 (as_rows, empty: host memory, as the reference)
+    as_rows,
+    empty,
+    row_scales,
+)
 from ._threads import run_ranges
 from .numba_math import (
     BLOCK,
@@ -256,12 +260,13 @@ def _run_softmax_linear(x, target, weight, ignore_index, label_smoothing, log_ta
 def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv_temperature,
                   z_grad, scale, loss, lse, grad, n_threads):
     _run_softmax_linear(x, target, weight, ignore_index, float(label_smoothing), False, False,
-                        softcap, inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
+                        softcap, inv_temperature, z_grad, row_scales(scale, x.shape[0]), loss,
+                        lse, grad, n_threads)
 
 
 def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
     _run_softmax_linear(x, target, np.ones(x.shape[1]), -1, 0.0, bool(log_target), True, 0.0,
-                        1.0, 0.0, scale, loss, None, grad, n_threads)
+                        1.0, 0.0, row_scales(scale, x.shape[0]), loss, None, grad, n_threads)
 
 
 # ------------------------------------------------------------ shape 2: softmax, function of p
@@ -360,11 +365,12 @@ def _run_softmax_fn(x, target, loss_code, scale, loss, grad, n_threads):
 
 
 def softmax_mse(x, target, scale, loss, grad, n_threads):
-    _run_softmax_fn(x, target, hooks.SOFTMAX_MSE, scale, loss, grad, n_threads)
+    _run_softmax_fn(x, target, hooks.SOFTMAX_MSE, row_scales(scale, x.shape[0]), loss, grad,
+                    n_threads)
 
 
 def entropy(x, scale, loss, grad, n_threads):
-    _run_softmax_fn(x, x, hooks.ENTROPY, scale, loss, grad, n_threads)
+    _run_softmax_fn(x, x, hooks.ENTROPY, row_scales(scale, x.shape[0]), loss, grad, n_threads)
 
 
 # ------------------------------------------------------------------------ shape 3: elementwise

@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from .._numpy_kernels import row_scales
 from .._validate import as_device_array, is_device_array
 from . import numba_hooks
 
@@ -426,7 +427,7 @@ def _softmax_linear(x, target, weight, ignore_index, label_smoothing, log_target
     out_loss = _Out(loss, (n,), np.float64)
     out_lse = _Out(lse, (1,), np.float64)
     out_grad = _Out(grad, (1, 1), d_x.dtype)
-    d_scale = as_device(np.zeros(1) if scale is None else scale)
+    d_scale = as_device(np.zeros(1) if scale is None else row_scales(scale, n))
     _softmax_linear_kernel[_launch_rows(n)](
         d_x, d_target, sparse, ignore_index, as_device(weight), 1.0 - label_smoothing,
         label_smoothing / c if c else 0.0, log_target, kl, float(softcap),
@@ -463,7 +464,7 @@ def _softmax_fn(x, target, loss_code, scale, loss, grad):
         d_target = _index_rows(d_target, n)
     out_loss = _Out(loss, (n,), np.float64)
     out_grad = _Out(grad, (1, 1), d_x.dtype)
-    d_scale = as_device(np.zeros(1) if scale is None else scale)
+    d_scale = as_device(np.zeros(1) if scale is None else row_scales(scale, n))
     _softmax_fn_kernel[_launch_rows(n)](d_x, d_target, sparse, loss_code, d_scale,
                                         out_loss.device, out_grad.device, grad is not None)
     out_loss.finish()

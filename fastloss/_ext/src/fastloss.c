@@ -706,31 +706,32 @@ int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *
 
 int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                               int target_format, const void *target, int log_target,
-                              const double *row_scale, double *loss, uint16_t *grad,
-                              int n_threads) {
+                              const double *row_scale, double scale, double *loss,
+                              uint16_t *grad, int n_threads) {
     linear_args_f32 a;
     const fl_chunk_fn chunk = kl_args_f32(&a, c, NULL, FL_FLOAT_TARGET(target, target_format),
-                                          log_target, row_scale, loss, NULL);
+                                          log_target, row_scale, scale, loss, NULL);
     return fl_half_run(n, c, format, x, grad, target_format, target, chunk,
                        1, &a, n_threads);
 }
 
 int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                             const int64_t *target_index, int target_format,
-                            const void *target_prob, const double *row_scale, double *loss,
-                            uint16_t *grad, int n_threads) {
+                            const void *target_prob, const double *row_scale, double scale,
+                            double *loss, uint16_t *grad, int n_threads) {
     fop_args_f32 a;
     const float *t = FL_FLOAT_TARGET(target_prob, target_format);
     const fl_chunk_fn chunk =
-        softmax_mse_args_f32(&a, c, NULL, target_index, t, row_scale, loss, NULL);
+        softmax_mse_args_f32(&a, c, NULL, target_index, t, row_scale, scale, loss, NULL);
     return fl_half_run(n, c, format, x, grad, target_format, target_prob, chunk,
                        0, &a, n_threads);
 }
 
 int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                        const double *row_scale, double *loss, uint16_t *grad, int n_threads) {
+                        const double *row_scale, double scale, double *loss, uint16_t *grad,
+                        int n_threads) {
     fop_args_f32 a;
-    const fl_chunk_fn chunk = entropy_args_f32(&a, c, NULL, row_scale, loss, NULL);
+    const fl_chunk_fn chunk = entropy_args_f32(&a, c, NULL, row_scale, scale, loss, NULL);
     return fl_half_run(n, c, format, x, grad, 0, NULL, chunk, 0, &a, n_threads);
 }
 

@@ -70,28 +70,33 @@ FL_PRIVATE int fl_cross_entropy_grad_hess_rows_f64(
 
 FL_PRIVATE int fl_kl_divergence_rows_f32(int64_t n, int64_t c, const float *x,
                                          const float *target, int log_target,
-                                         const double *row_scale, double *loss, float *grad,
+                                         const double *row_scale, double scale,
+                                         double *loss, float *grad,
                                          int n_threads);
 FL_PRIVATE int fl_kl_divergence_rows_f64(int64_t n, int64_t c, const double *x,
                                          const double *target, int log_target,
-                                         const double *row_scale, double *loss, double *grad,
+                                         const double *row_scale, double scale,
+                                         double *loss, double *grad,
                                          int n_threads);
 
 /* Softmax MSE against class indices (target_index) or a distribution (target_prob). */
 FL_PRIVATE int fl_softmax_mse_rows_f32(int64_t n, int64_t c, const float *x,
                                        const int64_t *target_index, const float *target_prob,
-                                       const double *row_scale, double *loss, float *grad,
+                                       const double *row_scale, double scale,
+                                       double *loss, float *grad,
                                        int n_threads);
 FL_PRIVATE int fl_softmax_mse_rows_f64(int64_t n, int64_t c, const double *x,
                                        const int64_t *target_index, const double *target_prob,
-                                       const double *row_scale, double *loss, double *grad,
+                                       const double *row_scale, double scale,
+                                       double *loss, double *grad,
                                        int n_threads);
 
 FL_PRIVATE int fl_entropy_rows_f32(int64_t n, int64_t c, const float *x,
-                                   const double *row_scale, double *loss, float *grad,
+                                   const double *row_scale, double scale, double *loss, float *grad,
                                    int n_threads);
 FL_PRIVATE int fl_entropy_rows_f64(int64_t n, int64_t c, const double *x,
-                                   const double *row_scale, double *loss, double *grad,
+                                   const double *row_scale, double scale,
+                                   double *loss, double *grad,
                                    int n_threads);
 
 /* weight: element (i, k) at weight[i*weight_rs + k*weight_cs]; pos_weight: c values. */
@@ -150,14 +155,17 @@ FL_PRIVATE int fl_cross_entropy_rows_h16(int64_t n, int64_t c, int format, const
                                          double *lse, uint16_t *grad, int n_threads);
 FL_PRIVATE int fl_kl_divergence_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                          int target_format, const void *target, int log_target,
-                                         const double *row_scale, double *loss, uint16_t *grad,
+                                         const double *row_scale, double scale,
+                                         double *loss, uint16_t *grad,
                                          int n_threads);
 FL_PRIVATE int fl_softmax_mse_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                        const int64_t *target_index, int target_format,
                                        const void *target_prob, const double *row_scale,
-                                       double *loss, uint16_t *grad, int n_threads);
+                                       double scale, double *loss, uint16_t *grad,
+                                       int n_threads);
 FL_PRIVATE int fl_entropy_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
-                                   const double *row_scale, double *loss, uint16_t *grad,
+                                   const double *row_scale, double scale,
+                                   double *loss, uint16_t *grad,
                                    int n_threads);
 FL_PRIVATE int fl_bce_rows_h16(int64_t n, int64_t c, int format, const uint16_t *x,
                                int target_format, const void *target, const double *weight,
