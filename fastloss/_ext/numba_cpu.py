@@ -250,7 +250,8 @@ def _run_softmax_linear(x, target, weight, ignore_index, label_smoothing, log_ta
     scratch = c if softcap != 0.0 or inv_temperature != 1.0 else 0
     args = (x, target, ignore_index, weight, float(np.sum(weight)),
             1.0 - label_smoothing, label_smoothing / c if c else 0.0, log_target, kl, softcap,
-            inv_temperature, float(z_grad), _NO_ROWS if scale is None else scale, loss,
+            inv_temperature, float(z_grad), _NO_ROWS if scale is None else row_scales(scale, n),
+            loss,
             _NO_ROWS if lse is None else lse, g, write_grad, lse is not None, in_place)
 
     run_ranges(_SOFTMAX_LINEAR[sparse], n, c, n_threads, *args,
@@ -260,13 +261,12 @@ def _run_softmax_linear(x, target, weight, ignore_index, label_smoothing, log_ta
 def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv_temperature,
                   z_grad, scale, loss, lse, grad, n_threads):
     _run_softmax_linear(x, target, weight, ignore_index, float(label_smoothing), False, False,
-                        softcap, inv_temperature, z_grad, row_scales(scale, x.shape[0]), loss,
-                        lse, grad, n_threads)
+                        softcap, inv_temperature, z_grad, scale, loss, lse, grad, n_threads)
 
 
 def kl_divergence(x, target, log_target, scale, loss, grad, n_threads):
     _run_softmax_linear(x, target, np.ones(x.shape[1]), -1, 0.0, bool(log_target), True, 0.0,
-                        1.0, 0.0, row_scales(scale, x.shape[0]), loss, None, grad, n_threads)
+                        1.0, 0.0, scale, loss, None, grad, n_threads)
 
 
 # ------------------------------------------------------------ shape 2: softmax, function of p
@@ -361,16 +361,15 @@ def _run_softmax_fn(x, target, loss_code, scale, loss, grad, n_threads):
         target = target.reshape(-1, 1)
     n, c = x.shape
     run_ranges(_SOFTMAX_FN[loss_code, sparse], n, c, n_threads, x, target,
-               _NO_ROWS if scale is None else scale, loss, g, write_grad)
+               _NO_ROWS if scale is None else row_scales(scale, n), loss, g, write_grad)
 
 
 def softmax_mse(x, target, scale, loss, grad, n_threads):
-    _run_softmax_fn(x, target, hooks.SOFTMAX_MSE, row_scales(scale, x.shape[0]), loss, grad,
-                    n_threads)
+    _run_softmax_fn(x, target, hooks.SOFTMAX_MSE, scale, loss, grad, n_threads)
 
 
 def entropy(x, scale, loss, grad, n_threads):
-    _run_softmax_fn(x, x, hooks.ENTROPY, row_scales(scale, x.shape[0]), loss, grad, n_threads)
+    _run_softmax_fn(x, x, hooks.ENTROPY, scale, loss, grad, n_threads)
 
 
 # ------------------------------------------------------------------------ shape 3: elementwise

@@ -5,9 +5,9 @@
  * Conventions (docs/design.md section 2, the kernel protocol):
  *   x (n*c) logits; per-row losses are written in double into loss (may be NULL);
  *   grad (may be NULL, may equal x) receives scale * d loss / d x, the scale being
- *   row_scale[i] for the row losses (NULL: cross-entropy's scale argument, 1 for the
- *   others) or scale[i*scale_rs + k*scale_cs] for the
- *   elementwise ones (strides in doubles, 0 to broadcast; NULL: 1);
+ *   row_scale[i] for the row losses (NULL: their scale argument, the same for every row)
+ *   or scale[i*scale_rs + k*scale_cs] for the elementwise ones (strides in doubles, 0 to
+ *   broadcast; NULL: 1);
  *   elementwise losses write loss[i*c + k], or the row sums loss[i] when row_sums != 0;
  *   weight / pos_weight are double (NULL: ones); n_threads <= 0 means every online CPU.
  * Return FASTLOSS_OK, or FASTLOSS_E_MEMORY when a thread's scratch buffer could not be
