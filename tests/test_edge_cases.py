@@ -174,6 +174,36 @@ def test_softmax_mse_near_its_one_hot_target(backend, c):
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-30)
 
 
+@pytest.mark.parametrize("c", [5, 40, 3000])
+@pytest.mark.parametrize("kwargs", [{}, {"weight": True, "z_loss": 1e-3}, {"label_smoothing": 0.1}],
+                         ids=["plain", "weight,z_loss", "smoothing"])
+def test_cross_entropy_near_its_target(backend, c, kwargs):
+    """Cross-entropy where p_y nears 1 (a confident model: training converges there): the
+    loss, about 1 - p_y, and g_y to float32's precision, not to that of a float32 sum s in
+    1 - p_y = 1 - e_y / s (which keeps about 2 digits of 1 - p_y = 1e-5, and none below
+    6e-8, where s rounds to 1).  The target in the first, the last and a middle class (for
+    C = 3000, in the first, third and second 1024-class block); the forward alone and the
+    fused call in place give the same loss."""
+    x = np.zeros((5, c), dtype=np.float32)
+    y = np.array([0, c - 1, c // 2, 1, 2])
+    x[np.arange(5), y] = np.array([12.0, 16.0, 20.0, 14.0, 30.0]) + np.log(c)
+    x[4, 0] = 29.0  # a row where p_y is e / (1 + e): no cancellation either way
+    if kwargs.get("weight"):
+        kwargs = dict(kwargs, weight=np.linspace(0.5, 2.0, c))
+    loss, grad = fl.cross_entropy_with_grad(x, y, reduction="none", backend=backend, **kwargs)
+    ref_loss, ref_grad = fl.cross_entropy_with_grad(x.astype(np.float64), y, reduction="none",
+                                                    backend="numpy", **kwargs)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-30)
+    np.testing.assert_array_equal(fl.cross_entropy(x, y, reduction="none", backend=backend,
+                                                   **kwargs), loss)
+    logits = x.copy()
+    in_place = fl.cross_entropy_with_grad(logits, y, reduction="none", out=logits,
+                                          backend=backend, **kwargs)
+    np.testing.assert_array_equal(in_place[0], loss)
+    np.testing.assert_array_equal(in_place[1], grad)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_mse_over_many_blocks(backend, dtype):
     """Softmax MSE with class indices on rows of several 1024-class blocks (the C kernel sums

@@ -110,6 +110,27 @@ def test_native_16_bit_matches_the_float64_reference(name, half, shape):
 
 
 @pytest.mark.parametrize("half", HALVES, ids=str)
+@pytest.mark.parametrize("c", [10, 33, 1000, 3000])
+def test_confident_rows_keep_one_ulp(half, c):
+    """Cross-entropy where p_y nears 1 (1 - p_y from 1e-3 down to 1e-7): the gradient of
+    the class y within one 16-bit ulp of the correctly rounded reference, the per-row
+    float32 loss within 1e-5 of it."""
+    rng = np.random.default_rng(c)
+    n = 64
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    y = rng.integers(0, c, n)
+    x[np.arange(n), y] = rng.uniform(8.0, 16.0, n) + np.log(c)
+    x = x.astype(half)
+    loss, grad = fl.cross_entropy_with_grad(x, y, reduction="sum", backend="cython")
+    grad64 = fl.cross_entropy_with_grad(x.astype(np.float64), y, reduction="sum",
+                                        backend="numpy")[1]
+    assert (_ulps(grad, grad64.astype(half)) <= 1).all()
+    rows = fl.cross_entropy(x.astype(np.float32), y, reduction="none", backend="cython")
+    rows64 = fl.cross_entropy(x.astype(np.float64), y, reduction="none", backend="numpy")
+    np.testing.assert_allclose(rows, rows64, rtol=1e-5)
+
+
+@pytest.mark.parametrize("half", HALVES, ids=str)
 def test_special_values_match_the_float32_kernels(half):
     """+-inf, NaN, subnormal and huge 16-bit logits: the same results as float32 logits of
     the same values (whose handling tests/test_edge_cases.py checks against the reference)."""

@@ -165,7 +165,7 @@ def test_row_max_on_order_keys(dtype):
 
 @numba.njit(fastmath=nm.FASTMATH, _nrt=False)
 def _exp_blocks_in_a_kernel(row, out, block_max, in_place):
-    return nm.exp_blocks(row, out, block_max, in_place)
+    return nm.exp_blocks(row, out, block_max, in_place, -1)
 
 
 def test_row_helpers_inlined_without_reference_counting():
@@ -176,7 +176,7 @@ def test_row_helpers_inlined_without_reference_counting():
     row = np.linspace(-3.0, 2.0, 2 * nm.BLOCK + 5).astype(np.float32)
     block_max = np.empty(3)
     out = np.empty_like(row)
-    m, s = nm.exp_blocks(row, out, block_max, False)  # from Python first
+    m, s = nm.exp_blocks(row, out, block_max, False, -1)  # from Python first
     m2, s2 = _exp_blocks_in_a_kernel(row, out, block_max, False)  # the same signature
     assert m == m2 == 2.0
     assert s == s2 == pytest.approx(np.exp(row.astype(np.float64) - 2.0).sum(), rel=1e-6)

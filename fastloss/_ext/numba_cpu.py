@@ -119,9 +119,11 @@ def _subtract_dense(g, trow, weight, keep, eps_c, si, log_target):
 
 @njit(**IR_INLINE)
 def _linear_row(row, trow, sparse, y, weight, w_total, keep, eps_c, log_target, kl, z_grad,
-                si, g, write_grad, in_place, block_max):
+                si, g, write_grad, in_place, block_max, tmp):
     """Loss and logsumexp of one row of (transformed) logits ``row``; writes
-    ``si * d loss / d row`` into ``g`` (which may be ``row`` itself: ``in_place``)."""
+    ``si * d loss / d row`` into ``g`` (which may be ``row`` itself: ``in_place``).  ``tmp``:
+    scratch of the row's dtype for the forward alone with class indices (one block of exp:
+    ``online_sum_exp``)."""
     c = row.shape[0]
     # statistics of the coefficients: read before the gradient may overwrite the row
     z_y = 0.0
@@ -146,10 +148,17 @@ def _linear_row(row, trow, sparse, y, weight, w_total, keep, eps_c, log_target, 
             big_a, gap, const = _dense_stats(row, trow, weight, keep, eps_c, True, True, m0)
         else:
             big_a, gap, const = _dense_stats(row, trow, weight, keep, eps_c, False, True, m0)
+    # class indices: the sums leave the class y out (rest = sum_{c != y} e_c); with e_y in
+    # float64, s = rest + e_y and 1 - p_y = rest / s without the cancellation of 1 - e_y / s
+    # (about 2 digits of a float32 gradient as p_y nears 1).  A NaN at y makes s NaN.
+    skip = y if sparse else -1
     if write_grad:
-        m, s = exp_blocks(row, g, block_max, in_place)
+        m, s = exp_blocks(row, g, block_max, in_place, skip)
     else:
-        m, s = online_sum_exp(row)
+        m, s = online_sum_exp(row, skip, tmp)
+    rest = s
+    e_y = math.exp(z_y - m) if sparse and m > -np.inf else 0.0
+    s = rest + e_y
     if poisoned(m, s):
         # in place, exp_blocks has overwritten the blocks before the first one holding a NaN
         # or +inf with finite values (and -inf blocks with 0): the scan still sees the row's
@@ -174,9 +183,9 @@ def _linear_row(row, trow, sparse, y, weight, w_total, keep, eps_c, log_target, 
             if eps_c > 0.0:
                 for k in range(c):
                     g[k] -= like(si * hooks.ce_coef(0.0, weight[k], keep, eps_c), g)
-            # p_y recomputed in float64: A' p_y - a_y cancels when p_y is close to 1
-            p_y = math.exp(z_y - m) / s
-            g[y] = si * (big_a_p * p_y - hooks.ce_coef(1.0, weight[y], keep, eps_c))
+            # A' p_y - a_y = (A' - a_y) p_y - a_y (1 - p_y), in float64
+            d_y = hooks.ce_coef(0.0, weight[y], keep, eps_c)
+            g[y] = si * ((big_a_p - a_t) * (e_y / s) - a_t * (rest / s) - d_y)
         elif log_target:
             _subtract_dense(g, trow, weight, keep, eps_c, si, True)
         else:
@@ -192,7 +201,7 @@ def _softmax_linear_kernel(sparse):
     @njit(**KERNEL)
     def kernel(lo, hi, x, target, ignore_index, weight, w_total, keep, eps_c, log_target, kl,
                softcap, inv_temperature, z_grad, scale, loss, lse, grad, write_grad, write_lse,
-               in_place, block_max, z, slope):
+               in_place, block_max, z, slope, tmp):
         """Rows ``lo:hi``.  With a softcap or a temperature, each row is first transformed into
         the float64 scratch row ``z`` (its slope ``dz/dx`` beside it), and the gradient multiplied
         by the slope at the end; without, the skeleton runs on ``x`` itself."""
@@ -215,16 +224,17 @@ def _softmax_linear_kernel(sparse):
                 row = x[i]
                 for k in range(c):  # all of x_i is read before g (maybe x_i) is written
                     z[k], slope[k] = hooks.transform(np.float64(row[k]), softcap, inv_temperature)
+                # slope as the forward's scratch (of z's dtype): only the gradient reads it
                 value, lse_i = _linear_row(z, target[i], sparse, y, weight, w_total, keep, eps_c,
                                            log_target, kl, z_grad, si, g, write_grad, False,
-                                           block_max)
+                                           block_max, slope)
                 if write_grad:
                     for k in range(c):
                         g[k] = like(g[k] * slope[k], g)
             else:
                 value, lse_i = _linear_row(x[i], target[i], sparse, y, weight, w_total, keep,
                                            eps_c, log_target, kl, z_grad, si, g, write_grad,
-                                           in_place, block_max)
+                                           in_place, block_max, tmp)
             loss[i] = value
             if write_lse:
                 lse[i] = lse_i
@@ -254,8 +264,10 @@ def _run_softmax_linear(x, target, weight, ignore_index, label_smoothing, log_ta
             loss,
             _NO_ROWS if lse is None else lse, g, write_grad, lse is not None, in_place)
 
+    n_tmp = min(c, BLOCK) if sparse and not write_grad else 0  # online_sum_exp's block
     run_ranges(_SOFTMAX_LINEAR[sparse], n, c, n_threads, *args,
-               scratch=lambda: (np.empty(_n_blocks(c)), np.empty(scratch), np.empty(scratch)))
+               scratch=lambda: (np.empty(_n_blocks(c)), np.empty(scratch), np.empty(scratch),
+                                np.empty(n_tmp, x.dtype)))
 
 
 def cross_entropy(x, target, weight, ignore_index, label_smoothing, softcap, inv_temperature,
@@ -294,7 +306,7 @@ def _fn_row(row, trow, y, sparse, loss_code, si, g, write_grad):
     gradient pass recomputes p from the row element by element)."""
     c = row.shape[0]
     m = row_max(row)
-    s = sum_exp(row, m)
+    s = sum_exp(row, m, -1, row)  # nothing left out: nothing stored
     if poisoned(m, s):
         if write_grad:
             fill_row(g, NAN)
@@ -570,9 +582,9 @@ def _softmax_rows(lo, hi, x, out, log, block_max):
     for i in range(lo, hi):
         row = x[i]
         if log:
-            m, s = online_sum_exp(row)
+            m, s = online_sum_exp(row, -1, row)
         else:
-            m, s = exp_blocks(row, out[i], block_max, False)
+            m, s = exp_blocks(row, out[i], block_max, False, -1)
         if poisoned(m, s):
             fill_row(out[i], NAN)
         elif log:
@@ -604,7 +616,7 @@ def _logsumexp_rows(lo, hi, x, out):
     for i in range(lo, hi):
         row = x[i]
         m = row_max(row)
-        s = sum_exp(row, m)
+        s = sum_exp(row, m, -1, row)  # nothing left out: nothing stored
         out[i] = poisoned_lse(row) if poisoned(m, s) else m + math.log(s)
 
 
@@ -647,7 +659,7 @@ def _grad_hess_row(row, trow, sparse, y, keep, eps_c, w, hessian_scale, min_hess
         big_a = 0.0
         for k in range(c):
             big_a += hooks.ce_coef(np.float64(trow[k]), 1.0, keep, eps_c)
-    m, s = exp_blocks(row, e, block_max, False)
+    m, s = exp_blocks(row, e, block_max, False, -1)
     if poisoned(m, s):
         fill_row(g, NAN)
         fill_row(h, NAN)
