@@ -59,8 +59,13 @@ def test_cross_entropy_short_rows(n, c, dtype):
         t[7] = 1  # not the impossible class
         t[8] = 1
     weight = rng.uniform(0.5, 2.0, c)
+    no_first = weight.copy()
+    no_first[0] = 0.0 if c > 1 else 1.0  # smoothing leaves out a class of weight 0
     for kwargs in ({}, {"weight": weight}, {"z_loss": 1e-2}, {"reduction": "none"},
-                   {"weight": weight, "z_loss": 0.1, "reduction": "sum"}):
+                   {"weight": weight, "z_loss": 0.1, "reduction": "sum"},
+                   {"label_smoothing": 0.1, "reduction": "none"},
+                   {"label_smoothing": 0.2, "weight": weight, "z_loss": 0.05},
+                   {"label_smoothing": 1.0, "weight": no_first, "reduction": "none"}):
         got = fastloss.cross_entropy_with_grad(x, t, backend="cython", **kwargs)
         want = fastloss.cross_entropy_with_grad(x, t, backend="numpy", **kwargs)
         for g, w in zip(got, want):
@@ -111,13 +116,15 @@ def test_short_rows_bit_identical_over_threads(c, dtype):
     x = _logits(rng, n, c, dtype)
     t = rng.integers(0, c, n)
     t[::9] = -100
-    first = fastloss.cross_entropy_with_grad(x, t, backend="cython", reduction="none",
-                                             n_threads=1)
-    for threads in (2, 3, 7):
-        again = fastloss.cross_entropy_with_grad(x, t, backend="cython", reduction="none",
-                                                 n_threads=threads)
-        for a, b in zip(first, again):
-            np.testing.assert_array_equal(a, b)
+    for smoothing in (0.0, 0.1):
+        first = fastloss.cross_entropy_with_grad(x, t, backend="cython", reduction="none",
+                                                 label_smoothing=smoothing, n_threads=1)
+        for threads in (2, 3, 7):
+            again = fastloss.cross_entropy_with_grad(x, t, backend="cython", reduction="none",
+                                                     label_smoothing=smoothing,
+                                                     n_threads=threads)
+            for a, b in zip(first, again):
+                np.testing.assert_array_equal(a, b)
     t[t == -100] = 0
     first = cross_entropy_grad_hess(x, t, backend="cython", n_threads=1)
     for threads in (2, 3):
