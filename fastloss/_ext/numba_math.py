@@ -604,14 +604,18 @@ def sum_exp(row, m, skip, tmp):
 
 @njit(**INLINE)
 def _sum_without(out, skip):
-    """``sum_j out_j`` over ``j != skip`` (``0 <= skip < len(out)``) in the array's dtype:
-    ``out[skip]`` is 0 for the loop, then put back."""
-    e = out[skip]
-    out[skip] = 0
+    """``sum_j out_j`` over ``j != skip`` in the array's dtype (every j where ``skip`` is not
+    an index of ``out``): ``out[skip]`` is 0 for the loop, then put back (a select in the
+    loop kept LLVM from vectorising it)."""
+    has_skip = 0 <= skip < out.shape[0]
+    e = out[skip] if has_skip else like(0.0, out)
+    if has_skip:
+        out[skip] = 0
     b = like(0.0, out)
     for j in range(out.shape[0]):
         b += out[j]
-    out[skip] = e
+    if has_skip:
+        out[skip] = e
     return b
 
 
@@ -631,12 +635,7 @@ def store_exp(row, m, out, skip):
     """
     for j in range(row.shape[0]):
         out[j] = vexp(row[j] - m)
-    if 0 <= skip < row.shape[0]:
-        return np.float64(_sum_without(out, skip))
-    b = like(0.0, row)
-    for j in range(row.shape[0]):
-        b += out[j]
-    return np.float64(b)
+    return np.float64(_sum_without(out, skip))
 
 
 @njit(**INLINE)
