@@ -400,8 +400,8 @@ def test_results_do_not_depend_on_the_thread_count(lib, rng):
 
 @built
 def test_fork_after_a_threaded_call(tmp_path):
-    """No pool and no OpenMP runtime: a forked child can call at once (it would hang with a
-    runtime whose worker threads did not survive the fork)."""
+    """The pool's workers stay behind in the parent: a forked child starts its own and can
+    call at once (it would hang waiting for workers that do not exist there)."""
     if not hasattr(os, "fork"):
         pytest.skip("no fork")
     script = (
@@ -422,6 +422,45 @@ def test_fork_after_a_threaded_call(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+@built
+def test_fork_while_another_thread_calls(tmp_path):
+    """fork() while another thread holds the pool, in the middle of a parallel call: the
+    child's pool starts empty and free, its parallel calls finish with the parent's results,
+    and the parent's calls go on."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    script = (
+        "import ctypes, os, threading, numpy as np\n"
+        f"lib = ctypes.CDLL({LIBRARY!r})\n"
+        "x = np.random.default_rng(0).standard_normal((2048, 300))\n"
+        "y = np.arange(2048, dtype=np.int64) % 300\n"
+        "def call(g):\n"
+        "    return lib.fastloss_cross_entropy_f64(ctypes.c_int64(2048), ctypes.c_int64(300),\n"
+        "        ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(y.ctypes.data), None, None,\n"
+        "        ctypes.c_void_p(g.ctypes.data))\n"
+        "want = np.empty_like(x); assert call(want) == 0\n"
+        "stop = threading.Event(); bad = []\n"
+        "def busy():\n"
+        "    g = np.empty_like(x)\n"
+        "    while not stop.is_set():\n"
+        "        if call(g) != 0 or not np.array_equal(g, want): bad.append(1)\n"
+        "t = threading.Thread(target=busy); t.start()\n"
+        "for _ in range(20):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        g = np.empty_like(x)\n"
+        "        ok = all(call(g) == 0 and np.array_equal(g, want) for _ in range(3))\n"
+        "        os._exit(0 if ok else 1)\n"
+        "    assert os.waitpid(pid, 0)[1] == 0\n"
+        "stop.set(); t.join()\n"
+        "assert not bad\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
 
 

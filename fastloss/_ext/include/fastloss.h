@@ -23,13 +23,15 @@
  * FASTLOSS_E_MEMORY from a worker thread's scratch buffer (rows above 512k classes, or a
  * softcap/temperature), after which the outputs may be partly written.
  *
- * Threads.  Rows are split in n_threads (options; 0 = every online CPU) equal contiguous
- * ranges, each computed by one POSIX thread started for this call and joined before it
- * returns (the caller computes one range itself; small problems run on the caller alone).
- * Results are bit-identical for any thread count.  There is no global state, no thread pool
- * and no OpenMP runtime: the functions are thread-safe (concurrent calls share nothing) and
- * fork-safe (nothing outlives a call, so a forked child can call them at once).  A library
- * built without threads (FASTLOSS_NO_THREADS=1, or no pthreads) runs every call serially.
+ * Threads.  A call uses at most n_threads threads (options; 0 = every online CPU): itself
+ * and workers of the library's own pool of POSIX threads (no OpenMP runtime), started on
+ * the first parallel call; they take contiguous chunks of rows, and every chunk has run
+ * when the call returns (small problems run on the caller alone).  Results are
+ * bit-identical for any thread count.  The functions are thread-safe (a call that finds the
+ * pool busy with another starts threads of its own for the call) and fork-safe (the pool is
+ * reset in a forked child, which can call them at once).  Pool workers block every signal.
+ * A library built without threads (FASTLOSS_NO_THREADS=1, or no pthreads) runs every call
+ * serially.
  *
  * Build:  cc prog.c $(python -m fastloss config --cflags) $(python -m fastloss config --libs)
  */

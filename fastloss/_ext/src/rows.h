@@ -189,9 +189,10 @@ FL_PRIVATE int fl_wide_vectors(void);
 /* Computes rows [lo, hi) of the problem described by args; returns a FASTLOSS_* code. */
 typedef int (*fl_chunk_fn)(const void *args, int64_t lo, int64_t hi);
 
-/* Runs chunk over [0, n) split in equal contiguous ranges, one POSIX thread each (started
-   and joined here; the caller runs the first range).  One range when n * c < 32768 or
-   n_threads == 1; n_threads <= 0: every online CPU.  Returns the first nonzero status. */
+/* Runs chunk over [0, n) in contiguous chunks taken by the caller and at most n_threads - 1
+   threads of the pool (threads.c); every chunk has run when it returns.  One chunk, on the
+   caller, when n * c < 32768 or n_threads == 1; n_threads <= 0: every online CPU.  Returns
+   a nonzero status if a chunk returned one (else FASTLOSS_OK). */
 FL_PRIVATE int fl_parallel_rows(int64_t n, int64_t c, int n_threads, fl_chunk_fn chunk,
                                 const void *args);
 
