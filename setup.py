@@ -72,6 +72,21 @@ int main(void) {
 """
 
 
+# The thread pool (src/threads.c) needs C11 atomics, 64-bit ones too (on some 32-bit
+# targets in libatomic); -O0 keeps the calls.
+ATOMICS_PROBE = """#include <stdatomic.h>
+#include <stdint.h>
+int main(void) {
+    static _Atomic int64_t a;
+    static _Atomic uint64_t b;
+    int64_t e = 0;
+    atomic_compare_exchange_strong(&a, &e, 1);
+    atomic_fetch_or(&b, 1);
+    return (int)(atomic_load(&a) - 1);
+}
+"""
+
+
 def _flags():
     """(compile flags, link flags) for this compiler."""
     if sys.platform == "win32":
@@ -79,9 +94,14 @@ def _flags():
     flags = list(BASE_FLAGS) + [f for f in SIMD_FLAGS + VECTOR_FLAGS if _compiler_accepts([f])]
     if os.environ.get("FASTLOSS_NO_THREADS", "") not in ("", "0"):
         return flags + ["-DFASTLOSS_NO_THREADS=1"], []
-    if _compiler_accepts(["-pthread"], ["-pthread"], PTHREAD_PROBE):
-        return flags + ["-pthread"], ["-pthread"]
-    warnings.warn("fastloss: no POSIX threads; the C kernels will run serially", stacklevel=2)
+    if not _compiler_accepts(["-pthread"], ["-pthread"], PTHREAD_PROBE):
+        warnings.warn("fastloss: no POSIX threads; the C kernels will run serially",
+                      stacklevel=2)
+        return flags + ["-DFASTLOSS_NO_THREADS=1"], []
+    for libs in ([], ["-latomic"]):
+        if _compiler_accepts(["-pthread", "-O0"], ["-pthread"] + libs, ATOMICS_PROBE):
+            return flags + ["-pthread"], ["-pthread"] + libs
+    warnings.warn("fastloss: no C11 atomics; the C kernels will run serially", stacklevel=2)
     return flags + ["-DFASTLOSS_NO_THREADS=1"], []
 
 

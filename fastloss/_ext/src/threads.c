@@ -33,6 +33,9 @@
 #if defined(FL_HAVE_THREADS) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
+#if defined(FL_HAVE_THREADS) && defined(__APPLE__) && !defined(_DARWIN_C_SOURCE)
+#define _DARWIN_C_SOURCE 1 /* _SC_NPROCESSORS_ONLN beside _POSIX_C_SOURCE */
+#endif
 
 #include <stdlib.h>
 
@@ -153,13 +156,21 @@ static struct {
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
-/* In a fork()ed child: the workers stayed behind in the parent; start afresh. */
-static void pool_reset_in_child(void) {
+/* In a fork()ed child: the workers stayed behind in the parent (and may have held the
+   mutex); start afresh.  Leaves `busy` as it is. */
+static void pool_forget_workers(void) {
     pthread_mutex_init(&pool.mu, NULL);
     pthread_cond_init(&pool.wake, NULL);
-    atomic_flag_clear(&pool.busy);
+    atomic_store(&pool.quit, 0);
     pool.n_workers = 0;
     pool.pid = getpid();
+}
+
+/* The pthread_atfork child handler: the thread that forked is the only one here, and no call
+   is running (a call in another thread of the parent does not exist in the child). */
+static void pool_reset_in_child(void) {
+    pool_forget_workers();
+    atomic_flag_clear(&pool.busy);
 }
 
 static void pool_init(void) {
@@ -167,10 +178,11 @@ static void pool_init(void) {
     pthread_atfork(NULL, NULL, pool_reset_in_child);
 }
 
-/* Waits until the generation differs from seen: polls for FL_SPIN_NS, then sleeps. */
-static uint32_t wait_for_job(uint32_t seen) {
+/* Waits until the generation differs from seen: polls for FL_SPIN_NS when `poll` (the worker
+   took part in the last job), then sleeps. */
+static uint32_t wait_for_job(uint32_t seen, int poll) {
     int64_t deadline = 0;
-    for (int spins = 0;; ++spins) {
+    for (int spins = 0; poll; ++spins) {
         const uint32_t g = atomic_load_explicit(&pool.generation, memory_order_acquire);
         if (g != seen || atomic_load_explicit(&pool.quit, memory_order_relaxed)) return g;
         if ((spins & 63) == 0) {
@@ -191,12 +203,12 @@ static uint32_t wait_for_job(uint32_t seen) {
 
 static void *worker(void *arg) {
     uint32_t seen = (uint32_t)(uintptr_t)arg;
-    for (;;) {
-        seen = wait_for_job(seen);
+    for (int joined = 0;;) {
+        seen = wait_for_job(seen, joined);
         if (atomic_load_explicit(&pool.quit, memory_order_relaxed)) return NULL;
         /* join the job of generation seen if it is still open and not full */
         uint64_t s = atomic_load_explicit(&pool.state, memory_order_acquire);
-        int joined = 0;
+        joined = 0;
         while ((uint32_t)(s >> 32) == seen && !(s & FL_CLOSED) &&
                (int64_t)(s & FL_JOINED_MASK) <
                    atomic_load_explicit(&pool.job.team, memory_order_relaxed) - 1) {
@@ -214,12 +226,15 @@ static void *worker(void *arg) {
     }
 }
 
-/* Makes sure `want` workers exist (fewer if threads cannot be started).  They block every
-   signal, so that signals go to the program's own threads. */
+/* Makes sure `want` workers exist (fewer if threads cannot be started).  They block the
+   asynchronous signals, so that those go to the program's own threads; a fault in a worker
+   still reaches the program's handler (faulthandler, sanitizers). */
 static void pool_grow(int want) {
     if (pool.n_workers >= want) return;
     sigset_t all, old;
     sigfillset(&all);
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; ++i) sigdelset(&all, faults[i]);
     const int masked = pthread_sigmask(SIG_SETMASK, &all, &old) == 0;
     while (pool.n_workers < want) {
         const uint32_t g = atomic_load_explicit(&pool.generation, memory_order_relaxed);
@@ -232,8 +247,11 @@ static void pool_grow(int want) {
 }
 
 __attribute__((destructor)) static void pool_stop(void) {
-    if (pool.n_workers == 0 || pool.pid != getpid()) return;
     if (atomic_flag_test_and_set(&pool.busy)) return; /* a call is running: leave it be */
+    if (pool.n_workers == 0 || pool.pid != getpid()) {
+        atomic_flag_clear(&pool.busy);
+        return;
+    }
     pthread_mutex_lock(&pool.mu);
     atomic_store(&pool.quit, 1);
     pthread_cond_broadcast(&pool.wake);
@@ -267,10 +285,13 @@ static int pool_run(int team, fl_chunk_fn chunk, const void *args, int64_t n,
 
     const uint64_t s = atomic_fetch_or_explicit(&pool.state, FL_CLOSED, memory_order_acq_rel);
     const int joined = (int)(s & FL_JOINED_MASK);
-    for (int spins = 0; atomic_load_explicit(&pool.finished, memory_order_acquire) < joined;
-         ++spins) {
-        if (spins < 4096) FL_PAUSE();
-        else sched_yield(); /* a helper lost its core */
+    for (int spins = 0; atomic_load_explicit(&pool.finished, memory_order_acquire) < joined;) {
+        if (spins < 4096) {
+            FL_PAUSE();
+            ++spins;
+        } else {
+            sched_yield(); /* a helper lost its core */
+        }
     }
     return atomic_load_explicit(&job->status, memory_order_relaxed);
 }
@@ -314,10 +335,7 @@ int fl_parallel_rows(int64_t n, int64_t c, int n_threads, fl_chunk_fn chunk, con
     pthread_once(&pool_once, pool_init);
     if (t - 1 > FL_POOL_MAX || atomic_flag_test_and_set(&pool.busy))
         return own_threads_run(t, chunk, args, n, min_chunk, align);
-    if (pool.pid != getpid()) { /* a fork the atfork handler did not see */
-        pool_reset_in_child();
-        atomic_flag_test_and_set(&pool.busy);
-    }
+    if (pool.pid != getpid()) pool_forget_workers(); /* a fork without the atfork handler */
     const int status = pool_run(t, chunk, args, n, min_chunk, align);
     atomic_flag_clear(&pool.busy);
     return status;
