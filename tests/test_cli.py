@@ -12,6 +12,8 @@ import pytest
 import fastloss
 from fastloss._losses import LOSSES
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def run_cli(*args, timeout=600):
     env = {**os.environ, "COLUMNS": "200"}
@@ -51,6 +53,18 @@ def test_bench_quick_json_and_plot(tmp_path):
     assert data["machine"]["cpu"]["cores"] >= 1 and "numpy" in data["machine"]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cross_entropy" in out and "x limit" in out and "x own" in out
+    # benches/readme_table.py turns the run into the README's table: a row per mode
+    table = subprocess.run([sys.executable, os.path.join(ROOT, "benches", "readme_table.py"),
+                            str(report)], capture_output=True, text=True, check=True).stdout
+    for r in results:
+        if r["impl"] in ("cython", "numba"):
+            key = (r["mode"], r["shape"])
+            own = next(o for o in results if (o["mode"], o["shape"], o["impl"]) == (*key, "limit"))
+            shape = "×".join(map(str, r["shape"]))
+            row = next(line for line in table.splitlines()
+                       if line.startswith(f"| cross_entropy | {shape} | {r['mode']} |"))
+            assert f"**{r['seconds'] * 1e3:.2f}** ({r['seconds'] / own['seconds']:.2f})" in row
+    assert data["machine"]["command"] in table
 
 
 def test_bench_all_losses_and_options(tmp_path):
@@ -140,3 +154,19 @@ def test_true_class_gradient_vanishes_only_for_mse():
     g = true_class_gradient(np.array([1e-3, 0.5, 0.999]), backend="numpy")
     np.testing.assert_allclose(g["cross-entropy"], [1 - 1e-3, 0.5, 1e-3], rtol=1e-9)
     assert g["softmax MSE"][0] < 0.01 and g["softmax MSE"][1] > 0.1
+
+
+def test_the_bench_limit_is_the_fastest_way_to_move_the_bytes():
+    """The limit is the fastest of its candidates (a parallel copy, one on the calling
+    thread, NumPy's), so no slow way of moving the bytes flatters the ratios."""
+    import time
+
+    from fastloss._bench import _limit_time, _limits
+
+    def slow():
+        time.sleep(0.01)
+        return "slow"
+
+    seconds, _, _, which = _limit_time([slow, lambda: "fast", slow], budget=0.0)
+    assert which == "fast" and seconds < 0.01
+    assert len(_limits(2)) == (3 if fastloss.backends()["numba"] == "available" else 1)
