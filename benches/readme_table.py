@@ -35,9 +35,9 @@ def _rows(results):
     return table
 
 
-def markdown(run) -> str:
+def markdown(run, backends=BACKENDS) -> str:
     table = _rows(run["results"])
-    backends = [b for b in BACKENDS if any(b in impls for impls in table.values())]
+    backends = [b for b in backends if any(b in impls for impls in table.values())]
     head = ["loss", "shape", "mode", "limit ms", "own limit ms"]
     head += [f"{b} ms (× own)" for b in backends]
     head += ["NumPy ms", "PyTorch ms", "JAX ms", "best vs NumPy", "best vs best peer"]
@@ -83,9 +83,11 @@ def markdown(run) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="the file of python -m fastloss bench --json FILE")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="the compiled backends to show (default: %(default)s)")
     args = parser.parse_args(argv)
     with open(args.json) as f:
-        print(markdown(json.load(f)))
+        print(markdown(json.load(f), tuple(args.backends.split(","))))
 
 
 if __name__ == "__main__":

@@ -206,16 +206,26 @@ def _limits(threads=None):
     (``(src, target, dst)``, ``(src, target, out)``).  The limit is the fastest of them
     (:func:`_limit_time`): Numba's kernels on ``threads`` threads and on the calling thread
     alone (where handing work to the pool costs more than it saves: small arrays), and
-    NumPy's ``copyto`` / ``sum`` / ``add``."""
+    NumPy's ``copyto`` / ``add`` and a max over the elements' bits (a read that vectorises
+    whatever the row length, where the Numba read sums row by row)."""
     n_threads = threads or _backends.default_threads()
 
-    def read_pair(src, t, out):
-        np.sum(src, axis=1, out=out)
-        out += np.sum(t, axis=1)
+    def bits(a):  # the elements as unsigned integers: NumPy's max over them is vectorised
+        return a.reshape(-1).view(f"u{a.dtype.itemsize}")
 
-    ways = [((lambda src, dst: np.copyto(dst, src)),
-             (lambda src, out: np.sum(src, axis=1, out=out)),
-             (lambda src, t, dst: np.add(src, t, out=dst)), read_pair)]
+    def read(src, out):
+        out[0] = bits(src).max()
+
+    def read_pair(src, t, out):
+        out[0] = max(bits(src).max(), bits(t).max())
+
+    def add(src, t, dst):  # on the bits where the sizes agree: NumPy's bfloat16 add is slow
+        if src.dtype.itemsize == t.dtype.itemsize == dst.dtype.itemsize:
+            np.add(bits(src), bits(t), out=bits(dst))
+        else:
+            np.add(src, t, out=dst)
+
+    ways = [((lambda src, dst: np.copyto(dst, src)), read, add, read_pair)]
     if _backends.available("numba"):
         from ._ext import numba_cpu
 
