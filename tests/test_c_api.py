@@ -399,6 +399,28 @@ def test_results_do_not_depend_on_the_thread_count(lib, rng):
 
 
 @built
+def test_the_default_thread_count_follows_the_affinity_mask():
+    """n_threads = 0 means the CPUs this process may run on (taskset, a container's cpuset),
+    as fastloss's Python default does, not every online CPU."""
+    if not hasattr(os, "sched_getaffinity") or not sys.platform.startswith("linux"):
+        pytest.skip("no affinity mask here")
+    script = (
+        "import ctypes, os\n"
+        f"lib = ctypes.CDLL({LIBRARY!r})\n"
+        "print(lib.fastloss_max_threads(), len(os.sched_getaffinity(0)),"
+        " lib.fastloss_has_threads())\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "print(lib.fastloss_max_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    lines = out.stdout.split("\n")
+    seen, allowed, threaded = map(int, lines[0].split())
+    assert seen == (min(allowed, 1024) if threaded else 1), out.stderr
+    assert int(lines[1]) == 1, out.stderr
+
+
+@built
 def test_fork_after_a_threaded_call(tmp_path):
     """The pool's workers stay behind in the parent: a forked child starts its own and can
     call at once (it would hang waiting for workers that do not exist there)."""

@@ -195,7 +195,7 @@ def wide_vectors():
 
 
 def threads():
-    """``(built with threads, the number of online CPUs)``."""
+    """``(built with threads, the number of usable CPUs)``."""
     return bool(fastloss_has_threads()), fastloss_max_threads()
 
 

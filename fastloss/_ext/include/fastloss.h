@@ -23,7 +23,7 @@
  * FASTLOSS_E_MEMORY from a worker thread's scratch buffer (rows above 512k classes, or a
  * softcap/temperature), after which the outputs may be partly written.
  *
- * Threads.  A call uses at most n_threads threads (options; 0 = every online CPU): itself
+ * Threads.  A call uses at most n_threads threads (options; 0 = every usable CPU): itself
  * and workers of the library's own pool of POSIX threads (no OpenMP runtime), started on
  * the first parallel call; they take contiguous chunks of rows, and every chunk has run
  * when the call returns (small problems run on the caller alone).  Results are
@@ -80,7 +80,8 @@ const char *fastloss_version(void);
 /* 1 when the library runs rows on several threads (POSIX threads), 0 when it is serial. */
 int fastloss_has_threads(void);
 
-/* The number of online CPUs: the thread count of n_threads = 0 (1 when serial). */
+/* The number of usable CPUs, the thread count of n_threads = 0: those this process may run
+   on (its affinity mask, on Linux), else the online ones; 1 when serial. */
 int fastloss_max_threads(void);
 
 /* ------------------------------------------------------------------ cross-entropy */
@@ -88,7 +89,7 @@ int fastloss_max_threads(void);
 /* Options of fastloss_cross_entropy_* (members are only ever appended). */
 typedef struct fastloss_cross_entropy_options {
     size_t size;            /* sizeof(fastloss_cross_entropy_options), set by _init */
-    int n_threads;          /* 0: every online CPU (default) */
+    int n_threads;          /* 0: every usable CPU (default) */
     const double *weight;   /* c class weights, or NULL: ones (default) */
     int64_t ignore_index;   /* rows with this class index give 0 (default -100) */
     double label_smoothing; /* in [0, 1] (default 0) */
@@ -125,7 +126,7 @@ int fastloss_cross_entropy_probs_f64(int64_t n, int64_t c, const double *logits,
 
 typedef struct fastloss_binary_cross_entropy_options {
     size_t size;               /* set by _init */
-    int n_threads;             /* 0: every online CPU (default) */
+    int n_threads;             /* 0: every usable CPU (default) */
     const double *weight;      /* n*c element weights, or NULL: ones (default) */
     const double *pos_weight;  /* c weights of the positive term, or NULL: ones (default) */
 } fastloss_binary_cross_entropy_options;
@@ -145,7 +146,7 @@ int fastloss_binary_cross_entropy_with_logits_f64(
 /* Options of the *_grad_hess functions (members are only ever appended). */
 typedef struct fastloss_grad_hess_options {
     size_t size;                 /* set by _init */
-    int n_threads;               /* 0: every online CPU (default) */
+    int n_threads;               /* 0: every usable CPU (default) */
     const double *sample_weight; /* n weights (multiply grad and hess), or NULL: ones */
     double label_smoothing;      /* in [0, 1] (default 0); not used by the binary function */
     double hessian_scale;        /* finite, > 0: multiplies the Hessian (default 1; XGBoost's
@@ -204,7 +205,7 @@ int fastloss_binary_cross_entropy_grad_hess_f64(int64_t n, const double *raw,
 
 typedef struct fastloss_softmax_mse_options {
     size_t size;   /* set by _init */
-    int n_threads; /* 0: every online CPU (default) */
+    int n_threads; /* 0: every usable CPU (default) */
 } fastloss_softmax_mse_options;
 
 void fastloss_softmax_mse_options_init(fastloss_softmax_mse_options *opts);
@@ -230,7 +231,7 @@ int fastloss_softmax_mse_probs_f64(int64_t n, int64_t c, const double *logits,
 
 typedef struct fastloss_kl_divergence_options {
     size_t size;    /* set by _init */
-    int n_threads;  /* 0: every online CPU (default) */
+    int n_threads;  /* 0: every usable CPU (default) */
     int log_target; /* nonzero: target holds log-probabilities (default 0) */
 } fastloss_kl_divergence_options;
 
@@ -248,7 +249,7 @@ int fastloss_kl_divergence_f64(int64_t n, int64_t c, const double *logits,
 
 typedef struct fastloss_entropy_options {
     size_t size;   /* set by _init */
-    int n_threads; /* 0: every online CPU (default) */
+    int n_threads; /* 0: every usable CPU (default) */
 } fastloss_entropy_options;
 
 void fastloss_entropy_options_init(fastloss_entropy_options *opts);
@@ -264,7 +265,7 @@ int fastloss_entropy_f64(int64_t n, int64_t c, const double *logits,
 
 typedef struct fastloss_mse_loss_options {
     size_t size;   /* set by _init */
-    int n_threads; /* 0: every online CPU (default) */
+    int n_threads; /* 0: every usable CPU (default) */
 } fastloss_mse_loss_options;
 
 void fastloss_mse_loss_options_init(fastloss_mse_loss_options *opts);

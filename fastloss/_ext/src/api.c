@@ -24,7 +24,7 @@ const char *fastloss_strerror(int code) {
         case FASTLOSS_E_Z_LOSS: return "z_loss must be finite and >= 0";
         case FASTLOSS_E_SOFTCAP: return "softcap must be finite and >= 0 (0: no softcap)";
         case FASTLOSS_E_TEMPERATURE: return "temperature must be finite and > 0";
-        case FASTLOSS_E_THREADS: return "n_threads must be >= 0 (0: every online CPU)";
+        case FASTLOSS_E_THREADS: return "n_threads must be >= 0 (0: every usable CPU)";
         case FASTLOSS_E_HESSIAN_SCALE: return "hessian_scale must be finite and > 0";
         case FASTLOSS_E_MIN_HESSIAN: return "min_hessian must be finite and >= 0";
         case FASTLOSS_E_GRAD_SCALE: return "grad_scale must be finite";

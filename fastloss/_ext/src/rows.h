@@ -9,7 +9,7 @@
  *   or scale[i*scale_rs + k*scale_cs] for the elementwise ones (strides in doubles, 0 to
  *   broadcast; NULL: 1);
  *   elementwise losses write loss[i*c + k], or the row sums loss[i] when row_sums != 0;
- *   weight / pos_weight are double (NULL: ones); n_threads <= 0 means every online CPU.
+ *   weight / pos_weight are double (NULL: ones); n_threads <= 0 means every usable CPU.
  * Return FASTLOSS_OK, or FASTLOSS_E_MEMORY when a thread's scratch buffer could not be
  * allocated (outputs may then be partly written).
  */
@@ -191,7 +191,7 @@ typedef int (*fl_chunk_fn)(const void *args, int64_t lo, int64_t hi);
 
 /* Runs chunk over [0, n) in contiguous chunks taken by the caller and at most n_threads - 1
    threads of the pool (threads.c); every chunk has run when it returns.  One chunk, on the
-   caller, when n * c < 32768 or n_threads == 1; n_threads <= 0: every online CPU.  Returns
+   caller, when n * c < 32768 or n_threads == 1; n_threads <= 0: every usable CPU.  Returns
    a nonzero status if a chunk returned one (else FASTLOSS_OK). */
 FL_PRIVATE int fl_parallel_rows(int64_t n, int64_t c, int n_threads, fl_chunk_fn chunk,
                                 const void *args);

@@ -30,6 +30,9 @@
 #define FL_HAVE_THREADS 1
 #endif
 
+#if defined(FL_HAVE_THREADS) && defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE 1 /* sched_getaffinity, CPU_COUNT */
+#endif
 #if defined(FL_HAVE_THREADS) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
@@ -64,6 +67,13 @@ int fastloss_has_threads(void) {
 
 int fastloss_max_threads(void) {
 #ifdef FL_HAVE_THREADS
+#if defined(__linux__) && defined(CPU_COUNT)
+    cpu_set_t allowed; /* the CPUs this process may run on (taskset, containers' cpusets) */
+    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0) {
+        const int n = CPU_COUNT(&allowed);
+        if (n >= 1) return n > FL_MAX_THREADS ? FL_MAX_THREADS : n;
+    }
+#endif
     const long online = sysconf(_SC_NPROCESSORS_ONLN);
     if (online < 1) return 1;
     return online > FL_MAX_THREADS ? FL_MAX_THREADS : (int)online;
