@@ -420,30 +420,38 @@ def test_the_default_thread_count_follows_the_affinity_mask():
     assert int(lines[1]) == 1, out.stderr
 
 
+# What the fork scripts below start with: the library, and ce(x, y, g), its float64
+# cross-entropy with default options (x (N, C), y (N,) int64, the gradient into g).
+_SCRIPT_HEAD = (
+    "import ctypes, os, threading, numpy as np\n"
+    f"lib = ctypes.CDLL({LIBRARY!r})\n"
+    "def ce(x, y, g):\n"
+    "    return lib.fastloss_cross_entropy_f64(ctypes.c_int64(x.shape[0]),\n"
+    "        ctypes.c_int64(x.shape[1]), ctypes.c_void_p(x.ctypes.data),\n"
+    "        ctypes.c_void_p(y.ctypes.data), None, None, ctypes.c_void_p(g.ctypes.data))\n"
+)
+
+
+def _run_script(body, timeout):
+    return subprocess.run([sys.executable, "-c", _SCRIPT_HEAD + body], capture_output=True,
+                          text=True, timeout=timeout)
+
+
 @built
 def test_fork_after_a_threaded_call(tmp_path):
     """The pool's workers stay behind in the parent: a forked child starts its own and can
     call at once (it would hang waiting for workers that do not exist there)."""
     if not hasattr(os, "fork"):
         pytest.skip("no fork")
-    script = (
-        "import ctypes, os, numpy as np\n"
-        f"lib = ctypes.CDLL({LIBRARY!r})\n"
+    out = _run_script(
         "x = np.random.default_rng(0).standard_normal((512, 512))\n"
         "y = np.zeros(512, np.int64); g = np.empty_like(x)\n"
-        "def call():\n"
-        "    return lib.fastloss_cross_entropy_f64(ctypes.c_int64(512), ctypes.c_int64(512),\n"
-        "        ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(y.ctypes.data), None, None,\n"
-        "        ctypes.c_void_p(g.ctypes.data))\n"
-        "assert call() == 0\n"
+        "assert ce(x, y, g) == 0\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
-        "    os._exit(call())\n"
+        "    os._exit(ce(x, y, g))\n"
         "assert os.waitpid(pid, 0)[1] == 0\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60)
+        "print('ok')\n", timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
 
 
@@ -454,35 +462,26 @@ def test_fork_while_another_thread_calls(tmp_path):
     and the parent's calls go on."""
     if not hasattr(os, "fork"):
         pytest.skip("no fork")
-    script = (
-        "import ctypes, os, threading, numpy as np\n"
-        f"lib = ctypes.CDLL({LIBRARY!r})\n"
+    out = _run_script(
         "x = np.random.default_rng(0).standard_normal((2048, 300))\n"
         "y = np.arange(2048, dtype=np.int64) % 300\n"
-        "def call(g):\n"
-        "    return lib.fastloss_cross_entropy_f64(ctypes.c_int64(2048), ctypes.c_int64(300),\n"
-        "        ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(y.ctypes.data), None, None,\n"
-        "        ctypes.c_void_p(g.ctypes.data))\n"
-        "want = np.empty_like(x); assert call(want) == 0\n"
+        "want = np.empty_like(x); assert ce(x, y, want) == 0\n"
         "stop = threading.Event(); bad = []\n"
         "def busy():\n"
         "    g = np.empty_like(x)\n"
         "    while not stop.is_set():\n"
-        "        if call(g) != 0 or not np.array_equal(g, want): bad.append(1)\n"
+        "        if ce(x, y, g) != 0 or not np.array_equal(g, want): bad.append(1)\n"
         "t = threading.Thread(target=busy); t.start()\n"
         "for _ in range(20):\n"
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
         "        g = np.empty_like(x)\n"
-        "        ok = all(call(g) == 0 and np.array_equal(g, want) for _ in range(3))\n"
+        "        ok = all(ce(x, y, g) == 0 and np.array_equal(g, want) for _ in range(3))\n"
         "        os._exit(0 if ok else 1)\n"
         "    assert os.waitpid(pid, 0)[1] == 0\n"
         "stop.set(); t.join()\n"
         "assert not bad\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+        "print('ok')\n", timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
 
 
