@@ -124,3 +124,51 @@ def test_dense_statistics_over_many_blocks(dtype, in_place, backend):
         assert_close(fl.cross_entropy(x, target, **kw, reduction="none", backend=backend),
                      loss, dtype)
         assert np.isinf(loss[3]) and np.isnan(loss[4]) and np.isnan(loss[5])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(37, 10), (6, 3000)], ids=["short rows", "long rows"])
+@pytest.mark.parametrize("options", [dict(softcap=4.0), dict(temperature=0.7),
+                                     dict(softcap=3.0, temperature=1.6, z_loss=1e-3,
+                                          label_smoothing=0.1)],
+                         ids=["softcap", "temperature", "all"])
+def test_transformed_rows_match_the_reference(dtype, shape, options, backend):
+    """softcap / temperature on short rows (the C kernels' tiles) and long ones (their row
+    skeleton), in the input's dtype, against the float64 reference; ignored rows, a -inf
+    logit and in place (out= the logits) included."""
+    rng = np.random.default_rng(11)
+    n, c = shape
+    x = (rng.standard_normal(shape) * 6).astype(dtype)
+    x[1, 3] = -np.inf
+    y = rng.integers(0, c, n)
+    y[[2, 4]] = -100
+    y[1] = 4
+    want_loss, want_grad = fl.cross_entropy_with_grad(x, y, **options, reduction="none",
+                                                      backend="numpy")
+    for in_place in (False, True):
+        logits = x.copy()
+        loss, grad = fl.cross_entropy_with_grad(logits, y, **options, reduction="none",
+                                                out=logits if in_place else None,
+                                                backend=backend)
+        assert_close(loss, want_loss, dtype)
+        assert_close(grad, want_grad, dtype)
+        assert grad[1, 3] == 0 and np.all(grad[[2, 4]] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", [10, 3000], ids=["short rows", "long rows"])
+def test_softcap_slope_keeps_its_digits_where_tanh_saturates(dtype, c, backend):
+    """Logits many caps away from 0: tanh rounds to +-1 there, and a slope 1 - tanh^2 from
+    the rounded value would be 0 (or all noise); 4e / (1 + e)^2, e = exp(-2|x| / cap), keeps
+    every digit of those small gradient elements."""
+    rng = np.random.default_rng(12)
+    cap = 1.0
+    x = rng.uniform(-9, 9, (6, c)).astype(dtype)
+    y = rng.integers(0, c, 6)
+    _, want = fl.cross_entropy_with_grad(x.astype(np.float64), y, softcap=cap,
+                                         reduction="sum", backend="numpy")
+    _, grad = fl.cross_entropy_with_grad(x, y, softcap=cap, reduction="sum", backend=backend)
+    saturated = np.abs(x) > 5 * cap
+    assert saturated.sum() > 6 and np.all(want[saturated] != 0)
+    np.testing.assert_allclose(grad[saturated], want[saturated],
+                               rtol=3e-5 if dtype == np.float32 else 1e-7)

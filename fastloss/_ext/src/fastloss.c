@@ -12,9 +12,9 @@
  * FL_PART picks what one compilation of this file emits, so that the build can compile the
  * float and the double kernels at once (fastloss_f32.c and fastloss_f64.c, on two cores):
  * 0 (the default) everything; 32 the float kernels, the 16-bit entry points and the
- * functions that take no dtype; 64 the double kernels.  Both parts include both dtypes (the
- * float kernels inline the double row helpers, FN64); a dtype the part does not emit is
- * compiled FL_DROPPED, which the compiler removes unread since nothing calls it.
+ * functions that take no dtype; 64 the double kernels.  Both parts include both dtypes; a
+ * dtype the part does not emit is compiled FL_DROPPED, which the compiler removes unread
+ * since nothing calls it.
  */
 #include <math.h>
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -390,9 +390,7 @@ FL_INLINE void fl_half_store(uint16_t *dst, const float *src, int64_t n, int for
    (2x slower in 512-bit ones), as do rows in between, where neither width wins clearly.
    BCE and MSE take it at every row length: their tiles are 1024 contiguous elements.
    It is compiled for x86-64-v4
-   outright and only called after a run-time check of the CPU.
-   Each pass includes kernels.inc for double first: the float kernels run their
-   softcap/temperature rows through the double skeleton (FN64). */
+   outright and only called after a run-time check of the CPU. */
 #define WIDE_CLASSES 128
 #define FL_SHORT_C 32 /* the short-row path: rows of at most FL_SHORT_C classes, */
 #define FL_SHORT_R 16 /* FL_SHORT_R rows at a time */
@@ -472,7 +470,6 @@ FL_INLINE void stream_scale_f64_wide(double *dst, const double *src, int64_t n, 
 #define LOG log_f64
 #define LOG1P_UNIT fl_log1p_unit_f64
 #define FN(name) CAT(name, f64_wide)
-#define FN64(name) CAT(name, f64_wide)
 #include "kernels.inc"
 #undef T
 #undef TN
@@ -502,7 +499,6 @@ FL_INLINE void stream_scale_f64_wide(double *dst, const double *src, int64_t n, 
 #undef LOG
 #undef LOG1P_UNIT
 #undef FN
-#undef FN64
 #undef FL_CHUNK
 #undef FL_WIDE_PASS
 #pragma GCC pop_options
@@ -531,7 +527,6 @@ static int fl_wide_allowed(void) { return 0; }
 #define LOG log_f64
 #define LOG1P_UNIT fl_log1p_unit_f64
 #define FN(name) CAT(name, f64)
-#define FN64(name) CAT(name, f64)
 #ifdef FL_HAVE_WIDE
 #define FNW(name) CAT(name, f64_wide)
 #else
@@ -579,7 +574,6 @@ static int fl_wide_allowed(void) { return 0; }
 #undef LOG1P_UNIT
 #undef FN
 #undef FNW
-#undef FN64
 #undef FL_CHUNK
 #undef FL_ENTRY
 #undef EN
