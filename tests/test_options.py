@@ -90,6 +90,19 @@ def test_z_loss_gradient_matches_central_differences(reduction, backend):
     np.testing.assert_allclose(grad, numeric, rtol=1e-7, atol=1e-9)
 
 
+def _fused_matches_reference(x, target, kwargs, dtype, backend, in_place):
+    """The fused call on a copy of x (written into that copy when in_place) against the
+    NumPy backend on x, loss rows and gradient; returns the call's loss rows and gradient."""
+    want_loss, want_grad = fl.cross_entropy_with_grad(x, target, **kwargs, reduction="none",
+                                                      backend="numpy")
+    logits = x.copy()
+    loss, grad = fl.cross_entropy_with_grad(logits, target, **kwargs, reduction="none",
+                                            out=logits if in_place else None, backend=backend)
+    assert_close(loss, want_loss, dtype)
+    assert_close(grad, want_grad, dtype)
+    return loss, grad
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_dense_statistics_over_many_blocks(dtype, in_place, backend):
@@ -113,14 +126,7 @@ def test_dense_statistics_over_many_blocks(dtype, in_place, backend):
     for target, kw in ((y, dict(label_smoothing=0.2)), (probs, {}),
                        (probs, dict(label_smoothing=0.1)),
                        (y, dict(label_smoothing=0.1, weight=rng.random(c) + 0.5))):
-        want_loss, want_grad = fl.cross_entropy_with_grad(x, target, **kw, reduction="none",
-                                                          backend="numpy")
-        logits = x.copy()
-        loss, grad = fl.cross_entropy_with_grad(logits, target, **kw, reduction="none",
-                                                out=logits if in_place else None,
-                                                backend=backend)
-        assert_close(loss, want_loss, dtype)
-        assert_close(grad, want_grad, dtype)
+        loss, _ = _fused_matches_reference(x, target, kw, dtype, backend, in_place)
         assert_close(fl.cross_entropy(x, target, **kw, reduction="none", backend=backend),
                      loss, dtype)
         assert np.isinf(loss[3]) and np.isnan(loss[4]) and np.isnan(loss[5])
@@ -143,15 +149,8 @@ def test_transformed_rows_match_the_reference(dtype, shape, options, backend):
     y = rng.integers(0, c, n)
     y[[2, 4]] = -100
     y[1] = 4
-    want_loss, want_grad = fl.cross_entropy_with_grad(x, y, **options, reduction="none",
-                                                      backend="numpy")
     for in_place in (False, True):
-        logits = x.copy()
-        loss, grad = fl.cross_entropy_with_grad(logits, y, **options, reduction="none",
-                                                out=logits if in_place else None,
-                                                backend=backend)
-        assert_close(loss, want_loss, dtype)
-        assert_close(grad, want_grad, dtype)
+        _, grad = _fused_matches_reference(x, y, options, dtype, backend, in_place)
         assert grad[1, 3] == 0 and np.all(grad[[2, 4]] == 0)
 
 
