@@ -123,7 +123,9 @@ def main(argv=None):
                 for b, module in builds.items():
                     _backends._cache["cython"] = (module, "available")
                     fn()  # warm: caches, page faults of the output
-                    count = counts.setdefault(name, _batch(fn))
+                    if name not in counts:
+                        counts[name] = _batch(fn)
+                    count = counts[name]
                     best[name, b] = _best(fn, count, best[name, b])
     finally:
         _backends._cache["cython"] = saved

@@ -130,10 +130,9 @@ def _loss(name, want_grad, logits, target, options, reduction, backend, n_thread
         z_grad = z_loss * (denominator / counted if mean and counted else 1.0)
         lse = np.empty(n_rows) if (z_loss or return_z_loss) else None
         kernel(x, *prepared.kernel_args, z_grad, scale, loss_rows, lse, grad, call.n_threads)
-        z_rows = lse  # z_loss * lse^2 in lse's own storage: no more row arrays
-        if lse is not None and z_loss:
-            np.multiply(lse, lse, out=lse)
-            np.multiply(lse, z_loss, out=lse)
+        z_rows = lse  # (z_loss * lse) * lse, the reference's order, in lse's own storage
+        if z_loss:
+            np.multiply(lse, z_loss * lse, out=lse)
         elif lse is not None:
             lse.fill(0.0)  # z_loss = 0 (return_z_loss): every term 0, a poisoned row's too
     else:

@@ -138,7 +138,7 @@ def test_dense_statistics_over_many_blocks(dtype, in_place, backend):
                                      dict(softcap=3.0, temperature=1.6, z_loss=1e-3,
                                           label_smoothing=0.1)],
                          ids=["softcap", "temperature", "all"])
-def test_transformed_rows_match_the_reference(dtype, shape, options, backend):
+def test_transformed_rows_match_the_reference(dtype, shape, options, fast_backend):
     """softcap / temperature on short rows (the C kernels' tiles) and long ones (their row
     skeleton), in the input's dtype, against the float64 reference; ignored rows, a -inf
     logit and in place (out= the logits) included."""
@@ -150,13 +150,13 @@ def test_transformed_rows_match_the_reference(dtype, shape, options, backend):
     y[[2, 4]] = -100
     y[1] = 4
     for in_place in (False, True):
-        _, grad = _fused_matches_reference(x, y, options, dtype, backend, in_place)
+        _, grad = _fused_matches_reference(x, y, options, dtype, fast_backend, in_place)
         assert grad[1, 3] == 0 and np.all(grad[[2, 4]] == 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("c", [10, 3000], ids=["short rows", "long rows"])
-def test_softcap_slope_keeps_its_digits_where_tanh_saturates(dtype, c, backend):
+def test_softcap_slope_keeps_its_digits_where_tanh_saturates(dtype, c, fast_backend):
     """Logits many caps away from 0: tanh rounds to +-1 there, and a slope 1 - tanh^2 from
     the rounded value would be 0 (or all noise); 4e / (1 + e)^2, e = exp(-2|x| / cap), keeps
     every digit of those small gradient elements."""
@@ -166,7 +166,7 @@ def test_softcap_slope_keeps_its_digits_where_tanh_saturates(dtype, c, backend):
     y = rng.integers(0, c, 6)
     _, want = fl.cross_entropy_with_grad(x.astype(np.float64), y, softcap=cap,
                                          reduction="sum", backend="numpy")
-    _, grad = fl.cross_entropy_with_grad(x, y, softcap=cap, reduction="sum", backend=backend)
+    _, grad = fl.cross_entropy_with_grad(x, y, softcap=cap, reduction="sum", backend=fast_backend)
     saturated = np.abs(x) > 5 * cap
     assert saturated.sum() > 6 and np.all(want[saturated] != 0)
     np.testing.assert_allclose(grad[saturated], want[saturated],

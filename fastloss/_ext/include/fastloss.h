@@ -21,7 +21,8 @@
  * Errors.  Every function returns FASTLOSS_OK (0) or a negative FASTLOSS_E_* code (see
  * fastloss_strerror); on an error the outputs are untouched.  The one exception is
  * FASTLOSS_E_MEMORY from a worker thread's scratch buffer (rows above 512k classes, or a
- * softcap/temperature), after which the outputs may be partly written.
+ * softcap/temperature on rows of more than 32 classes), after which the outputs may be
+ * partly written.
  *
  * Threads.  A call uses at most n_threads threads (options; 0 = every usable CPU): itself
  * and workers of the library's own pool of POSIX threads (no OpenMP runtime), started on

@@ -84,29 +84,6 @@ FL_INLINE double fl_block_factor(double m_b, double m, double k) {
     return m_b == m ? k : (m_b == -INFINITY ? 0.0 : k * exp(m_b - m));
 }
 
-/* tanh(u), vectorisable (exp_f64 instead of libm): u + u^3 P(u^2), the Taylor series to
-   u^25, for |u| < 0.35, else sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) < 1/2 (no
-   cancellation).  Within 3 ulp of libm's tanh; NaN gives NaN, +-inf gives +-1. */
-FL_INLINE double fl_tanh(double u) {
-    const double a = fabs(u), u2 = u * u;
-    double p = 1.5918905069328964e-05; /* 58870668456604/3698160658676859375 */
-    p = p * u2 - 3.927832388331683e-05;
-    p = p * u2 + 9.691537956929451e-05;
-    p = p * u2 - 0.00023912911424355248;
-    p = p * u2 + 0.000590027440945586;
-    p = p * u2 - 0.0014558343870513183;
-    p = p * u2 + 0.003592128036572481;
-    p = p * u2 - 0.008863235529902197;
-    p = p * u2 + 0.021869488536155203;
-    p = p * u2 - 0.05396825396825397;
-    p = p * u2 + 0.13333333333333333;
-    p = p * u2 - 0.3333333333333333;
-    const double small = u + u * (u2 * p);
-    const double e = exp_f64(-2.0 * a);
-    const double large = copysign((1.0 - e) / (1.0 + e), u);
-    return a < 0.35 ? small : large;
-}
-
 /* ------------------------------------------------------------------ shared kernel types */
 
 /* The hooks of each shape are chosen by a compile-time constant `kind`: the skeletons are
@@ -178,10 +155,10 @@ FL_INLINE void fl_rest_add_block(fl_rest *acc, double mb, double r_b, double q_b
 }
 
 /* A thread's scratch, O(c): the block maxima (on the stack up to STACK_BLOCKS blocks) and
-   up to three rows of doubles. */
+   up to two rows of doubles. */
 typedef struct {
     double *block_max;
-    double *z, *dz, *t;
+    double *z, *dz;
     double *heap;
     double stack[STACK_BLOCKS];
 } fl_scratch;
@@ -190,15 +167,14 @@ static int fl_scratch_open(fl_scratch *s, int64_t c, int rows) {
     const int64_t n_blocks = (c + BLOCK - 1) / BLOCK;
     const int64_t heap_blocks = n_blocks > STACK_BLOCKS ? n_blocks : 0;
     s->block_max = s->stack;
-    s->z = s->dz = s->t = s->heap = NULL;
+    s->z = s->dz = s->heap = NULL;
     if (heap_blocks == 0 && rows == 0) return FASTLOSS_OK;
     double *h = (double *)malloc((size_t)(heap_blocks + rows * c) * sizeof(double));
     if (!h) return FASTLOSS_E_MEMORY;
     s->heap = h;
     if (heap_blocks) s->block_max = h, h += heap_blocks;
     if (rows >= 1) s->z = h, h += c;
-    if (rows >= 2) s->dz = h, h += c;
-    if (rows >= 3) s->t = h;
+    if (rows >= 2) s->dz = h;
     return FASTLOSS_OK;
 }
 
