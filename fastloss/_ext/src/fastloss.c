@@ -295,7 +295,7 @@ FL_INLINE uint16_t fl_to_f16(float f) {
 enum { FL_HALF_BF16 = 1, FL_HALF_F16 = 2 };
 
 #define FL_HALF_LINE 32             /* 16-bit values in a cache line */
-#define FL_HALF_PREFETCH (8 << 10)  /* bytes ahead, as row_max's prefetch */
+#define FL_HALF_PREFETCH (8 << 10)  /* bytes ahead, as prefetch_ahead's */
 
 /* n values converted line by line, each line's load prefetched FL_HALF_PREFETCH bytes ahead
    (each thread's buffer-sized pieces start and stop the stream: with the hardware
