@@ -2,6 +2,7 @@
 
     python benches/paired.py OLD_TREE [--loss cross_entropy,kl_divergence]
                              [--shapes 2048x32768,8192x1000] [--threads 2] [--rounds 9]
+                             [--kwargs softcap=30]
 
 OLD_TREE is a checkout of the earlier commit with its extension built in place
 (``git worktree add ../old REV && cd ../old && python setup.py build_ext --inplace``); the new
@@ -12,7 +13,8 @@ least 5 ms), and the best of the rounds is kept: a machine whose speed drifts be
 ``python -m fastloss bench`` runs moves both builds alike here.  It prints new/old for each
 (loss, mode, shape), and for the per-call line of ``python -m fastloss bench`` (64x10, fused
 into ``out=``).  ``--loss cross_entropy_grad_hess`` adds the boosting bench's gradient +
-Hessian call (class indices, XGBoost's scaling, into ``out=``).  The two builds
+Hessian call (class indices, XGBoost's scaling, into ``out=``); ``--kwargs softcap=30`` (or
+``temperature=2``, any numeric keyword arguments) goes into every loss call.  The two builds
 must share the kernel protocol (the Python side is this tree's).
 """
 
@@ -71,7 +73,16 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--kwargs", default="", metavar="NAME=VALUE,...",
+                        help="keyword arguments of every loss call, numbers "
+                             "(e.g. softcap=30 or temperature=2 with --loss cross_entropy)")
     options = parser.parse_args(argv)
+    extra = {}
+    for item in filter(None, options.kwargs.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"--kwargs takes NAME=VALUE pairs, got {item!r}")
+        extra[name.strip()] = float(value)
 
     new = _backends._load("cython")[0]
     if new is None:
@@ -99,7 +110,7 @@ def main(argv=None):
         for shape in parse_shapes(options.shapes):
             logits, args, kwargs = case.inputs(rng, shape, _dtype(options.dtype))
             out = np.empty_like(logits)
-            kw = dict(kwargs, backend="cython", n_threads=options.threads)
+            kw = dict(kwargs, **extra, backend="cython", n_threads=options.threads)
             work.append((f"{case.loss} fused {shape[0]}x{shape[1]}",
                          lambda c=case, x=logits, a=args, k=kw, o=out: c.with_grad(x, *a, **k,
                                                                                   out=o)))
@@ -130,7 +141,8 @@ def main(argv=None):
     finally:
         _backends._cache["cython"] = saved
     print(f"{options.dtype}, threads {options.threads or 'all'}, best of {options.rounds} "
-          f"rounds; old: {options.old_tree}")
+          f"rounds; old: {options.old_tree}"
+          + "".join(f"; {k}={v:g}" for k, v in extra.items()))
     for name, _ in work:
         old, new_t = best[name, "old"], best[name, "new"]
         scale, unit = (1e6 / 2000, "us") if name.startswith("per call") else (1e3, "ms")
