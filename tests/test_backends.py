@@ -197,3 +197,31 @@ def test_large_vocabularies_in_float32(case, n_classes, backend):
     loss, grad = case.with_grad(logits, *args, **kwargs, reduction="none", backend=backend)
     assert_close(loss, rows, np.float32)
     assert_close(grad, grad_rows, np.float32)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(37, 3), (300, 10), (3, 1100)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elementwise_plain_tiles_equal_the_weighted_ones(dtype, shape, reduction):
+    """The C elementwise tiles take a shorter loop for the default call (no weight, no
+    pos_weight, one scale for every element): the same numbers, bit for bit, as the loop
+    that reads a weight and a pos_weight of ones, whole-row tiles and a long row's pieces."""
+    from fastloss import _backends
+
+    if not _backends.available("cython"):
+        pytest.skip("the cython backend is not built")
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    x.flat[::11] = -np.inf
+    t = rng.random(shape).astype(dtype)
+    kw = dict(reduction=reduction, backend="cython")
+    ones = dict(weight=np.ones(shape[-1]), pos_weight=np.ones(shape[-1]))
+    calls = [(fl.binary_cross_entropy_with_logits_with_grad, ones),
+             (fl.binary_cross_entropy_with_logits, ones)]
+    if reduction == "none":  # a grad_output of ones for every element: a scale array
+        calls.append((fl.mse_loss_with_grad, dict(grad_output=np.ones(shape))))
+    for fn, extra in calls:
+        plain, general = fn(x, t, **kw), fn(x, t, **kw, **extra)
+        for p, g in zip(plain if isinstance(plain, tuple) else (plain,),
+                        general if isinstance(general, tuple) else (general,)):
+            np.testing.assert_array_equal(np.asarray(p), np.asarray(g))
