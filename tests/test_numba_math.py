@@ -4,7 +4,11 @@ vtanh, and the order-key max."""
 from __future__ import annotations
 
 import math
+import os
+import platform
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -182,6 +186,50 @@ def test_row_helpers_inlined_without_reference_counting():
     assert s == s2 == pytest.approx(np.exp(row.astype(np.float64) - 2.0).sum(), rel=1e-6)
     llvm = "".join(_exp_blocks_in_a_kernel.inspect_llvm().values())
     assert re.search(r"@NRT_(incref|decref)\(", llvm) is None
+
+
+# Compiled (not run) in a child process for an Intel AVX-512 CPU, whose LLVM tuning prefers
+# 256-bit vectors: the zmm (512-bit) registers in the machine code of a row helper, a kernel
+# and, as the control, a plain Numba loop without wide_vectors().
+_ZMM_PROBE = """
+import re
+import numba
+from numba import types
+from fastloss._ext import numba_cpu, numba_math
+
+@numba.njit(cache=False)
+def plain(x, out):
+    for j in range(x.shape[0]):
+        out[j] = x[j] * x[j]
+
+row = types.float32[::1]
+rows = types.float32[:, ::1]
+probes = ((numba_math.row_max, (row,)), (numba_cpu._copy_rows, (types.int64, types.int64, rows, rows)),
+          (plain, (row, row)))
+for fn, sig in probes:
+    fn.compile(sig)
+    print(len(re.findall(r"%zmm", fn.inspect_asm(sig))))
+"""
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="x86 vector widths: no such CPU to compile for")
+@pytest.mark.parametrize("switch", ["", "1"])
+def test_numba_kernels_take_512_bit_vectors_without_process_settings(tmp_path, switch):
+    """LLVM's tuning for skylake-avx512 prefers 256-bit vectors, so a plain Numba loop gets no
+    zmm register; the kernels and row helpers set their own preference (wide_vectors) and do,
+    unless FASTLOSS_NO_AVX512 is set.  Compiled only: any x86-64 machine can check it."""
+    env = dict(os.environ, NUMBA_CPU_NAME="skylake-avx512", NUMBA_CPU_FEATURES="",
+               NUMBA_CACHE_DIR=str(tmp_path), FASTLOSS_NO_AVX512=switch)
+    run = subprocess.run([sys.executable, "-c", _ZMM_PROBE], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    helper, kernel, plain = (int(v) for v in run.stdout.split())
+    assert plain == 0
+    if switch:
+        assert helper == kernel == 0
+    else:
+        assert helper > 0 and kernel > 0
 
 
 @numba.njit(fastmath=nm.FASTMATH)

@@ -45,6 +45,7 @@ from .numba_math import (
     sum_exp,
     vexp,
     vlog1p_unit,
+    wide_vectors,
 )
 
 ACCEPTS_DEVICE_ARRAYS = False
@@ -205,6 +206,7 @@ def _softmax_linear_kernel(sparse):
         """Rows ``lo:hi``.  With a softcap or a temperature, each row is first transformed into
         the float64 scratch row ``z`` (its slope ``dz/dx`` beside it), and the gradient multiplied
         by the slope at the end; without, the skeleton runs on ``x`` itself."""
+        wide_vectors()
         c = x.shape[1]
         transformed = softcap != 0.0 or inv_temperature != 1.0
         for i in range(lo, hi):
@@ -351,6 +353,7 @@ def _softmax_fn_kernel(loss_code, sparse):
 
     @njit(**KERNEL)
     def kernel(lo, hi, x, target, scale, loss, grad, write_grad):
+        wide_vectors()
         for i in range(lo, hi):
             g = grad[i] if write_grad else grad[0]
             si = scale[i] if write_grad else 1.0
@@ -500,6 +503,7 @@ def _element_kernel(loss_code, weighted):
     @njit(**KERNEL)
     def kernel(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight, scale,
                uniform, loss, per_element, grad, write_grad, values, wt, pwt, eb, lb):
+        wide_vectors()
         if not write_grad:
             _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight,
                           has_pos_weight, wt, pwt, weighted, loss_code, scale, True, loss,
@@ -578,6 +582,7 @@ def mse(x, target, scale, loss, grad, n_threads):
 
 @njit(**KERNEL)
 def _softmax_rows(lo, hi, x, out, log, block_max):
+    wide_vectors()
     c = x.shape[1]
     for i in range(lo, hi):
         row = x[i]
@@ -613,6 +618,7 @@ def log_softmax(x, out, n_threads):
 
 @njit(**KERNEL)
 def _logsumexp_rows(lo, hi, x, out):
+    wide_vectors()
     for i in range(lo, hi):
         row = x[i]
         m = row_max(row)
@@ -701,6 +707,7 @@ def _softmax_grad_hess_kernel(sparse):
         time into the scratch tiles (R, K), then written out class by class, R consecutive values
         at once (one row at a time would write one value per class: one cache line and, for
         large N, one page each)."""
+        wide_vectors()
         c = x.shape[1]
         if not transposed:
             for i in range(lo, hi):
@@ -783,6 +790,7 @@ def _binary_grad_hess(lo, hi, x, target, weight, has_weight, hessian_scale, min_
                       hess):
     """Elements ``lo:hi`` (taken as slices: see numba_math on negative indices); constant
     flags in each call."""
+    wide_vectors()
     w = weight[lo:hi] if has_weight else weight
     if has_weight:
         _binary_grad_hess_rows(x[lo:hi], target[lo:hi], w, True, hessian_scale, min_hessian,
@@ -807,6 +815,7 @@ def binary_cross_entropy_grad_hess(x, target, sample_weight, hessian_scale, min_
 
 @njit(**KERNEL)
 def _copy_rows(lo, hi, src, dst):
+    wide_vectors()
     for i in range(lo, hi):
         row, out = src[i], dst[i]
         for k in range(row.shape[0]):
@@ -815,6 +824,7 @@ def _copy_rows(lo, hi, src, dst):
 
 @njit(**KERNEL)
 def _read_rows(lo, hi, src, out):
+    wide_vectors()
     for i in range(lo, hi):
         row = src[i]
         s = like(0.0, row)  # in the row's dtype: as wide a vector as the kernels' own loops
@@ -825,6 +835,7 @@ def _read_rows(lo, hi, src, out):
 
 @njit(**KERNEL)
 def _copy_rows_twice(lo, hi, src, dst1, dst2):
+    wide_vectors()
     for i in range(lo, hi):
         row, out1, out2 = src[i], dst1[i], dst2[i]
         for k in range(row.shape[0]):
@@ -834,6 +845,7 @@ def _copy_rows_twice(lo, hi, src, dst1, dst2):
 
 @njit(**KERNEL)
 def _add_rows(lo, hi, src, other, dst):
+    wide_vectors()
     for i in range(lo, hi):
         row, row2, out = src[i], other[i], dst[i]
         for k in range(row.shape[0]):
@@ -842,6 +854,7 @@ def _add_rows(lo, hi, src, other, dst):
 
 @njit(**KERNEL)
 def _read_rows_pair(lo, hi, src, other, out):
+    wide_vectors()
     for i in range(lo, hi):
         row, row2 = src[i], other[i]
         s = like(0.0, row)

@@ -60,6 +60,17 @@ INLINE = dict(KERNEL, forceinline=True)
 IR_INLINE = dict(JIT, inline="always")
 
 
+def _vector_width():
+    """The ``prefer-vector-width`` of the kernels (see :func:`wide_vectors`): 256 when
+    ``FASTLOSS_NO_AVX512`` is set to anything but ``""`` or ``"0"`` (as the C backend reads
+    it), else 512."""
+    off = os.environ.get("FASTLOSS_NO_AVX512", "")
+    return "256" if off not in ("", "0") else "512"
+
+
+VECTOR_WIDTH = _vector_width()  # read once, at import: the compiled kernels keep it
+
+
 
 def _cache_follows_dependencies():
     """Numba checks a cached kernel against its own source file only: a kernel of numba_cpu.py
@@ -78,6 +89,7 @@ def _cache_follows_dependencies():
     for name in ("numba_math.py", "numba_hooks.py"):
         with open(os.path.join(here, name), "rb") as f:
             digest.update(f.read())
+    digest.update(VECTOR_WIDTH.encode())  # the kernels' vector width (wide_vectors)
     dependencies = digest.hexdigest()
 
     class _FollowsDependencies:
@@ -99,6 +111,27 @@ def _cache_follows_dependencies():
 
 
 _cache_follows_dependencies()
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM vectorise the calling function's loops with 512-bit vectors where the CPU
+    has them (the first statement of every KERNEL and INLINE function).
+
+    Numba compiles for the host CPU with LLVM's tuning for it, and that tuning prefers
+    256-bit vectors on most AVX-512 CPUs (Intel's, from Skylake-SP on; not AMD's Zen 4): the
+    kernels then used no 512-bit register at all unless the user set ``NUMBA_CPU_FEATURES``
+    for the whole process.  This sets the function's own ``"prefer-vector-width"``
+    attribute, which overrides that tuning for this function alone (the user's other Numba
+    functions keep theirs), to :data:`VECTOR_WIDTH`.  Each function whose loops LLVM
+    vectorises needs it: an INLINE helper's loops are vectorised in its own module, before
+    it is inlined into a kernel.  On a CPU without AVX-512 it changes nothing."""
+    def codegen(context, builder, signature, args):
+        # llvmlite's FunctionAttributes.add takes only the attributes without a value
+        set.add(builder.function.attributes, f'"prefer-vector-width"="{VECTOR_WIDTH}"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
 
 
 @intrinsic
@@ -490,6 +523,7 @@ def vtanh(u):
     vectorisable (a libm ``tanh`` is a call per element: 10x slower on the softcap path).
     Within 2.5e-16 absolutely, which is what the softcap needs: ``softcap * tanh`` is a
     logit, and a softmax sees its absolute error (tests/test_numba_math.py)."""
+    wide_vectors()
     e = vexp(-2.0 * abs(u))
     t = (1.0 - e) / (1.0 + e)
     return t if u >= 0.0 else -t
@@ -551,6 +585,7 @@ def row_max(row):
     the sign bit set is skipped, and the sums of :func:`sum_exp` catch it (see
     :func:`poisoned`).
     """
+    wide_vectors()
     k = order_key(row[0])
     for j in range(row.shape[0]):
         kj = order_key(row[j])
@@ -566,6 +601,7 @@ poisoned = hooks.poisoned
 @njit(**INLINE)
 def poisoned_lse(row):
     """``logsumexp`` of a poisoned row (rare: a scan of the row)."""
+    wide_vectors()
     any_nan = False
     any_pos_inf = False
     for j in range(row.shape[0]):
@@ -588,6 +624,7 @@ def sum_exp(row, m, skip, tmp):
     the row's dtype): the fused pass sums that block the same way, and a select in this loop
     kept LLVM from vectorising it (1.6x the time of the block).
     """
+    wide_vectors()
     s = 0.0
     for start in range(0, row.shape[0], BLOCK):
         block = row[start:start + BLOCK]
@@ -607,6 +644,7 @@ def _sum_without(out, skip):
     """``sum_j out_j`` over ``j != skip`` in the array's dtype (every j where ``skip`` is not
     an index of ``out``): ``out[skip]`` is 0 for the loop, then put back (a select in the
     loop kept LLVM from vectorising it)."""
+    wide_vectors()
     has_skip = 0 <= skip < out.shape[0]
     e = out[skip] if has_skip else like(0.0, out)
     if has_skip:
@@ -633,6 +671,7 @@ def store_exp(row, m, out, skip):
     the result depended on where the arrays were allocated.  The stores alone round the same
     either way; the sum reads one array, so it has no such check.
     """
+    wide_vectors()
     for j in range(row.shape[0]):
         out[j] = vexp(row[j] - m)
     return np.float64(_sum_without(out, skip))
@@ -644,6 +683,7 @@ def store_exp_in_place(row, m, skip):
     possible overlap (an overlap check would send the loop to its scalar version, which
     also rounds differently).  With ``skip``, the stores and then the sum, as
     :func:`store_exp`."""
+    wide_vectors()
     if 0 <= skip < row.shape[0]:
         for j in range(row.shape[0]):
             row[j] = vexp(row[j] - m)
@@ -659,6 +699,7 @@ def store_exp_in_place(row, m, skip):
 @njit(**INLINE)
 def scale_row(out, k):
     """``out *= k`` in ``out``'s own precision."""
+    wide_vectors()
     k = like(k, out)
     for j in range(out.shape[0]):
         out[j] *= k
@@ -666,6 +707,7 @@ def scale_row(out, k):
 
 @njit(**INLINE)
 def fill_row(out, value):
+    wide_vectors()
     for j in range(out.shape[0]):
         out[j] = value
 
@@ -697,6 +739,7 @@ def exp_blocks(row, out, block_max, in_place, skip):
     """Pass 1 into ``out``; ``in_place`` says that ``out`` is ``row``.  Returns ``(m, s)``,
     ``s`` without the term ``skip`` (see :func:`sum_exp`); ``poisoned(m, s)`` tells a row
     with NaN, ``+inf`` or only ``-inf``."""
+    wide_vectors()
     m = -np.inf
     s = 0.0
     for b in range(block_max.shape[0]):
@@ -722,6 +765,7 @@ def exp_blocks(row, out, block_max, in_place, skip):
 def online_sum_exp(row, skip, tmp):
     """``(m, s)`` of pass 1 without storing anything but the block of ``skip`` into ``tmp``:
     the forward-only pass (``s`` without the term ``skip``, as :func:`exp_blocks`)."""
+    wide_vectors()
     if row.shape[0] <= BLOCK:  # one block: max, then sum (no loop machinery: 20% at C = 10)
         m = row_max(row)
         return m, sum_exp(row, m, skip, tmp)
@@ -741,6 +785,7 @@ def online_sum_exp(row, skip, tmp):
 @njit(**INLINE)
 def scale_blocks(out, block_max, m, k):
     """Pass 2: ``out_c *= k * exp(m_b - m)`` -- turns every e_c into ``k * p_c * s``."""
+    wide_vectors()
     for b in range(block_max.shape[0]):
         start = b * BLOCK
         m_b = block_max[b]
