@@ -204,7 +204,8 @@ def plain(x, out):
 
 row = types.float32[::1]
 rows = types.float32[:, ::1]
-probes = ((numba_math.row_max, (row,)), (numba_cpu._copy_rows, (types.int64, types.int64, rows, rows)),
+probes = ((numba_math.row_max, (row,)),
+          (numba_cpu._copy_rows, (types.int64, types.int64, rows, rows)),
           (plain, (row, row)))
 for fn, sig in probes:
     fn.compile(sig)
