@@ -389,14 +389,19 @@ def entropy(x, scale, loss, grad, n_threads):
 
 # ------------------------------------------------------------------------ shape 3: elementwise
 
-# The elements are processed flat, in tiles of whole rows (about ELEMENT_TILE elements, at least
-# one row): a row of 10 classes would leave most of its elements to the loop's scalar
-# remainder, where the exp -> log1p -> division chain of the BCE is latency-bound (20x).
+# The elements are processed flat, in tiles of about ELEMENT_TILE elements: whole rows, or
+# pieces of a row longer than that.  Whole rows, not one row at a time: a row of 10 classes
+# would leave most of its elements to the loop's scalar remainder, where the exp -> log1p ->
+# division chain of the BCE is latency-bound (20x).  512 elements, as the C kernels' tiles
+# (FL_TILE): the BCE's loops go over six or more tile-sized arrays (logits, target,
+# gradient, exp, log1p, values), which then stay in L1.  With tiles of 4096 elements and whole
+# rows of any length (128 KiB arrays at 32768 classes), the BCE at 2048x32768 took 1.1-1.6x the
+# time (docs/design.md, elementwise).
 # The BCE's weights are first copied into tiles in the logits' dtype, as the C kernels do
 # (pos_weight once, weight once per tile): indexed as ``weight[j // c, j % c]`` inside the
 # loop, they kept it from vectorising (7-9x the unweighted time).
 
-ELEMENT_TILE = 4096
+ELEMENT_TILE = 512
 
 
 @njit(**IR_INLINE)
@@ -433,13 +438,14 @@ def _element_tile(x, t, w, pw, weighted, loss_code, scale, uniform, s0, values, 
 
 
 @njit(**IR_INLINE)
-def _weight_tile(out, weight, i0, i1, c):
-    """``out[(i - i0) * c + k] = weight[i, k]`` for the rows ``i0:i1`` of the (N, C)
-    ``weight``, in ``out``'s dtype."""
+def _weight_tile(out, weight, i0, i1, k0, k1):
+    """``out[(i - i0) * (k1 - k0) + k - k0] = weight[i, k]`` for the rows ``i0:i1``, columns
+    ``k0:k1`` of the (N, C) ``weight``, in ``out``'s dtype."""
+    width = k1 - k0
     for r in range(i1 - i0):
-        w_row = weight[i0 + r]
-        o = out[r * c:(r + 1) * c]
-        for k in range(c):
+        w_row = weight[i0 + r, k0:k1]
+        o = out[r * width:(r + 1) * width]
+        for k in range(width):
             o[k] = like(w_row[k], out)
 
 
@@ -447,46 +453,62 @@ def _weight_tile(out, weight, i0, i1, c):
 def _element_rows(lo, hi, c, x, target, weight, has_weight, pos_weight, has_pos_weight, wt,
                   pwt, weighted, loss_code, scale, uniform, loss, per_element, grad,
                   write_grad, values, eb, lb):
-    """Rows ``lo:hi`` of the flat (N * C) arrays, a tile of rows at a time; the values go
+    """Rows ``lo:hi`` of the flat (N * C) arrays, a tile at a time: whole rows, or pieces of
+    ELEMENT_TILE elements of one row longer than that (a whole row of 32768 classes made
+    every scratch tile 128 KiB, and the tile's loops ran from L2); the values go
     into the scratch tile ``values`` (the logits' dtype: a float64 store would halve the
     float32 loop's vector width), then into ``loss`` (``per_element``) or as float64 row sums
     into ``loss[i]``.  ``weighted``: the weight and pos_weight tiles ``wt``, ``pwt`` (scratch
     as ``values``) hold ``weight`` and ``pos_weight`` (or 1, without them); ``eb``, ``lb``:
     the BCE's exp and log1p tiles (_element_tile)."""
     rows = max(1, ELEMENT_TILE // max(c, 1))
+    width = min(c, ELEMENT_TILE)  # a tile's columns: the row, or a piece of it
+    pieces = c > ELEMENT_TILE
     s0 = scale[0]
-    if weighted:  # the same in every tile: pos_weight (C,) in each row, 1 for one absent
-        n_first = min(rows, hi - lo) * c
-        if has_pos_weight:
+    if weighted:  # the same in every tile of whole rows: pos_weight (C,) in each row
+        n_first = min(rows, hi - lo) * width
+        if has_pos_weight and not pieces:
             for r in range(min(rows, hi - lo)):
                 o = pwt[r * c:(r + 1) * c]
                 for k in range(c):
                     o[k] = like(pos_weight[k], pwt)
-        else:
+        elif not has_pos_weight:  # 1 for one absent
             fill_row(pwt[:n_first], like(1.0, pwt))
         if not has_weight:
             fill_row(wt[:n_first], like(1.0, wt))
     for i0 in range(lo, hi, rows):
         i1 = min(i0 + rows, hi)
-        a, b = i0 * c, i1 * c
-        out = values[:b - a]
-        g = grad[a:b] if write_grad else grad[:1]
-        sc = scale[a:b] if write_grad and not uniform else scale[:1]
-        if weighted and has_weight:
-            _weight_tile(wt, weight, i0, i1, c)
-        _element_tile(x[a:b], target[a:b], wt[:b - a], pwt[:b - a], weighted, loss_code, sc,
-                      uniform, s0, out, g, write_grad, eb[:b - a], lb[:b - a])
-        if per_element:
-            out_loss = loss[a:b]
-            for j in range(out.shape[0]):
-                out_loss[j] = out[j]
-        else:
-            for r in range(i1 - i0):
-                row = out[r * c:(r + 1) * c]
-                row_sum = 0.0
-                for k in range(row.shape[0]):
-                    row_sum += row[k]
-                loss[i0 + r] = row_sum
+        row_sum = 0.0  # pieces: the row's sum, piece after piece
+        for k0 in range(0, c, width):
+            k1 = min(k0 + width, c)
+            a, b = i0 * c + k0, (i1 - 1) * c + k1
+            out = values[:b - a]
+            g = grad[a:b] if write_grad else grad[:1]
+            sc = scale[a:b] if write_grad and not uniform else scale[:1]
+            if weighted and has_weight:
+                _weight_tile(wt, weight, i0, i1, k0, k1)
+            if weighted and has_pos_weight and pieces:
+                o = pwt[:k1 - k0]
+                for k in range(k1 - k0):
+                    o[k] = like(pos_weight[k0 + k], pwt)
+            _element_tile(x[a:b], target[a:b], wt[:b - a], pwt[:b - a], weighted, loss_code,
+                          sc, uniform, s0, out, g, write_grad, eb[:b - a], lb[:b - a])
+            if per_element:
+                out_loss = loss[a:b]
+                for j in range(out.shape[0]):
+                    out_loss[j] = out[j]
+            elif pieces:
+                for j in range(out.shape[0]):
+                    row_sum += out[j]
+            else:
+                for r in range(i1 - i0):
+                    row = out[r * c:(r + 1) * c]
+                    row_sum = 0.0
+                    for k in range(row.shape[0]):
+                        row_sum += row[k]
+                    loss[i0 + r] = row_sum
+        if pieces and not per_element:
+            loss[i0] = row_sum
 
 
 def _element_kernel(loss_code, weighted):
@@ -560,7 +582,7 @@ def _run_elementwise(loss_code, x, target, weight, pos_weight, scale, loss, grad
     x, target = _readable(x), _readable(target)
     n, c = x.shape
     scale, uniform = _flat_scale(scale)
-    tile = max(1, ELEMENT_TILE // max(c, 1)) * c
+    tile = max(1, ELEMENT_TILE // max(c, 1)) * min(c, ELEMENT_TILE)  # as _element_rows
     weighted = weight is not None or pos_weight is not None
     run_ranges(_ELEMENTWISE[loss_code, weighted], n, c, n_threads, c, x.reshape(-1),
                target.reshape(-1), _NO_ELEMENTS if weight is None else weight,
